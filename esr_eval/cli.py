@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from esr_eval.manifest import Submission, SubmissionError, discover, select
+from esr_eval.manifest import Submission, SubmissionError, discover_all, select
 
 
 def _add_submission_args(parser: argparse.ArgumentParser) -> None:
@@ -22,9 +22,16 @@ def _add_submission_args(parser: argparse.ArgumentParser) -> None:
                         help="folder searched recursively for manifests (default: <root>/model_zoo)")
 
 
-def _submissions(args) -> list[Submission]:
+def _submissions(args) -> tuple[list[Submission], list[SubmissionError]]:
+    """Selected valid submissions, and the selected manifests that failed validation."""
     manifests = args.manifests if args.manifests is not None else args.root / "model_zoo"
-    return select(discover(manifests, args.root), args.ids)
+    subs, errors = discover_all(manifests, args.root)
+    if args.ids:
+        known = {e.submission_id for e in errors}
+        wanted = [t for t in args.ids if t not in known]
+        errors = [e for e in errors if e.submission_id in args.ids]
+        subs = select(subs, wanted) if wanted else []
+    return subs, errors
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -46,18 +53,28 @@ def _print_table(headers: list[str], rows: list[list[str]]) -> None:
 
 
 def cmd_ls(args) -> int:
+    subs, errors = _submissions(args)
     rows = [[s.submission_id, s.team_id, s.name, s.model.class_name, str(s.data_range),
-             "none" if s.checkpoint is None else s.checkpoint.path] for s in _submissions(args)]
+             "none" if s.checkpoint is None else s.checkpoint.path] for s in subs]
+    rows += [[e.submission_id, "", "", "INVALID", "", ""] for e in errors]
     _print_table(["submission", "team", "name", "class", "data_range", "checkpoint"], rows)
-    return 0
+    _print_errors(errors)
+    return 1 if errors else 0
+
+
+def _print_errors(errors) -> None:
+    for error in errors:
+        print(f"\nerror: {error}", file=sys.stderr)
 
 
 def cmd_summary(args) -> int:
     from esr_eval.complexity import measure_complexity
     from esr_eval.loading import load_submission
 
-    rows, errors = [], []
-    for sub in _submissions(args):
+    subs, manifest_errors = _submissions(args)
+    rows = [[e.submission_id, "ERROR"] + [""] * 6 for e in manifest_errors]
+    errors = [str(e) for e in manifest_errors]
+    for sub in subs:
         try:
             loaded = load_submission(sub, args.device)
             c = measure_complexity(loaded.model, args.input, sub.data_range, args.device)
@@ -83,6 +100,68 @@ def cmd_summary(args) -> int:
     return 1 if errors else 0
 
 
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `esr-eval evaluate` and evaluate_all.py (data, protocol, output)."""
+    parser.add_argument("--data", type=Path, default=None,
+                        help="folder with official-layout splits <split>_HR/ and <split>_LR/ (default: the embedded split)")
+    parser.add_argument("--split", action="append", default=None,
+                        help="split name under --data, e.g. DIV2K_LSDIR_valid (repeatable; default: all found)")
+    parser.add_argument("--pair", nargs=3, action="append", metavar=("NAME", "HR_DIR", "LR_DIR"),
+                        help="a plain HR/LR folder pair as a split (repeatable)")
+    parser.add_argument("--protocol", default="esr-default", help="timing protocol: esr-default or official")
+    parser.add_argument("--repeats", type=int, default=None, help="override the protocol's timed repeats")
+    parser.add_argument("--warmup", type=int, default=None, help="override the protocol's warm-up passes")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (fixed and recorded)")
+    parser.add_argument("--no-hygiene", action="store_true", help="skip the hygiene checks")
+    parser.add_argument("--results", type=Path, default=Path("results"), help="results root (default results/)")
+    parser.add_argument("--run-id", default=None, help="run id; an existing one is resumed")
+
+
+def print_run_summary(run_dir: Path) -> None:
+    from esr_eval.run import summary_frame
+
+    frame = summary_frame(run_dir)
+    with __import__("pandas").option_context("display.width", 200, "display.max_columns", 20):
+        print(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"\nresults: {run_dir}  (pd.read_parquet('{run_dir}/submissions'), …/splits, …/samples)")
+
+
+def cmd_evaluate(args) -> int:
+    from esr_eval.evaluate import EvaluationConfig, evaluate_submission, manifest_failure
+    from esr_eval.run import RunFolder, fingerprint, new_run_id, resolve_splits, run_metadata
+    from esr_eval.timing import get_protocol
+
+    subs, manifest_errors = _submissions(args)
+    splits = resolve_splits(args.data, args.split, args.pair)
+    protocol = get_protocol(args.protocol, args.repeats, args.warmup)
+    config = EvaluationConfig(protocol=protocol, device=args.device, torch_threads=args.threads,
+                              hygiene=not args.no_hygiene)
+    folder = RunFolder.create(args.results, args.run_id or new_run_id())
+    folder.lock()
+    failed = len(manifest_errors)
+    try:
+        done = folder.completed()
+        folder.write_run_json(run_metadata(folder.run_id, protocol, splits, subs, "in-process", args.device))
+        for error in manifest_errors:
+            folder.write_result(manifest_failure(error, folder.run_id), fingerprint=None)
+            print(f"{error.submission_id}: error — {error}")
+        for sub in subs:
+            key = fingerprint(sub, protocol.protocol_id, splits)
+            if done.get(sub.submission_id) == key:
+                print(f"{sub.submission_id}: already complete in this run, skipped")
+                continue
+            result = evaluate_submission(sub, splits, config, folder.run_id)
+            folder.write_result(result, key)
+            status = result.submission.status
+            failed += status != "ok"
+            print(f"{sub.submission_id}: {status}" + (f" — {result.submission.error}" if status != "ok" else ""),
+                  flush=True)
+    finally:
+        folder.unlock()
+    print_run_summary(folder.path)
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="esr-eval", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -97,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="input shape NxCxHxW (default 1x3x256x256)")
     summary.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     summary.set_defaults(func=cmd_summary)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate submissions in this process on one device")
+    _add_submission_args(evaluate)
+    add_run_args(evaluate)
+    evaluate.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    evaluate.set_defaults(func=cmd_evaluate)
     return parser
 
 
@@ -104,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SubmissionError, FileNotFoundError) as exc:
+    except (SubmissionError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -307,9 +307,25 @@ def manifest_paths(manifests_dir: Path) -> list[Path]:
     return sorted(p for p in manifests_dir.rglob("*") if p.suffix in MANIFEST_SUFFIXES and p.is_file())
 
 
+def discover_all(manifests_dir: Path, root: Path, check_files: bool = True
+                 ) -> tuple[list[Submission], list[SubmissionError]]:
+    """Parse every manifest; invalid ones come back as errors instead of stopping the others."""
+    submissions, errors = [], []
+    for path in manifest_paths(manifests_dir):
+        try:
+            submissions.append(parse_manifest(path, root, check_files))
+        except SubmissionError as exc:
+            errors.append(exc)
+    return _unique(submissions), errors
+
+
 def discover(manifests_dir: Path, root: Path, check_files: bool = True) -> list[Submission]:
-    """Parse every manifest under ``manifests_dir``; submission ids must be unique."""
-    submissions = [parse_manifest(p, root, check_files) for p in manifest_paths(manifests_dir)]
+    """Parse every manifest under ``manifests_dir``; the first invalid one raises."""
+    return _unique([parse_manifest(p, root, check_files) for p in manifest_paths(manifests_dir)])
+
+
+def _unique(submissions: list[Submission]) -> list[Submission]:
+    """Submission ids must be unique across the manifests folder."""
     seen: dict[str, Path] = {}
     for sub in submissions:
         if sub.submission_id in seen:

@@ -1,0 +1,218 @@
+"""One submission end to end on one device: what an actor (or ``esr-eval evaluate``) runs.
+
+Contract
+--------
+:func:`evaluate_submission` never raises for a fault of the submission: it returns an
+:class:`EvaluationResult` whose ``submission`` row has ``status="error"``, the stage, the
+message and the traceback. Order: load → for each split (decode every image once, reset the
+peak-memory counter, warm-up + timed calls under the timing protocol, quality of the timed
+outputs) → complexity (after inference, as the official code counts params) → hygiene.
+On CUDA: ``cudnn.benchmark`` off, TF32 flags recorded as found; on CPU the torch thread
+count is fixed to ``torch_threads`` when given and recorded either way.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from esr_eval.adapter import ForwardAdapter
+from esr_eval.complexity import DEFAULT_INPUT_SHAPE, measure_complexity
+from esr_eval.data import Split, embedded_split, load_pair
+from esr_eval.hygiene import check_hygiene
+from esr_eval.loading import load_submission
+from esr_eval.manifest import Submission, SubmissionError
+from esr_eval.provenance import device_facts, facts_dict
+from esr_eval.quality import score
+from esr_eval.records import SampleRow, SplitRow, SubmissionRow
+from esr_eval.timing import DEFAULT, TimingProtocol, summarize, time_split
+
+HYGIENE_IMAGES = 3
+_MIB = 2 ** 20
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    protocol: TimingProtocol = DEFAULT
+    device: str = "cpu"
+    torch_threads: int | None = None
+    complexity_input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE
+    hygiene: bool = True
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    submission: SubmissionRow
+    splits: tuple[SplitRow, ...] = ()
+    samples: tuple[SampleRow, ...] = field(default_factory=tuple)
+
+
+class EvaluationError(Exception):
+    """A submission misbehaved during evaluation (wrong shape, NaN output, …)."""
+
+    def __init__(self, stage: str, message: str):
+        self.stage = stage
+        super().__init__(message)
+
+
+def _manifest_fields(sub: Submission) -> dict:
+    return dict(submission_id=sub.submission_id, team_id=sub.team_id, name=sub.name,
+                strict=sub.strict, trusted_pickle=sub.trusted_pickle, data_range=sub.data_range,
+                scale=sub.scale, adapter=sub.adapter.describe(), manifest_sha256=sub.manifest_sha256)
+
+
+def _score_split(run_id: str, sub: Submission, split: Split, timed, hr_images, lr_shapes, protocol,
+                 peaks: tuple[float | None, float | None]) -> tuple[SplitRow, list[SampleRow]]:
+    samples, per_image = [], []
+    for index, pair in enumerate(split.pairs):
+        sr, hr = timed.outputs[index], hr_images[index]
+        if sr.shape != hr.shape:
+            raise EvaluationError("quality", f"{split.name}/{pair.name}: output {sr.shape[1]}x{sr.shape[0]} is not "
+                                             f"{sub.scale}x the input (expected {hr.shape[1]}x{hr.shape[0]}); "
+                                             "check `scale` and the adapter (pad_to_multiple crops back)")
+        quality = score(sr, hr, sub.scale)
+        per_image.append(quality)
+        for repeat in range(timed.latency_ms.shape[0]):
+            first = repeat == 0
+            samples.append(SampleRow(
+                run_id=run_id, submission_id=sub.submission_id, split=split.name, image=pair.name,
+                repeat=repeat, latency_ms=float(timed.latency_ms[repeat, index]),
+                wall_ms=float(timed.wall_ms[repeat, index]),
+                lr_height=lr_shapes[index][0], lr_width=lr_shapes[index][1],
+                psnr_db=quality.psnr_db if first else None, ssim=quality.ssim if first else None,
+                psnr_y_db=quality.psnr_y_db if first else None, ssim_y=quality.ssim_y if first else None))
+    runtime = summarize(timed, protocol)
+    row = SplitRow(
+        run_id=run_id, submission_id=sub.submission_id, split=split.name, num_images=len(split.pairs),
+        dataset_sha256=split.sha256,
+        psnr_db=float(np.mean([q.psnr_db for q in per_image])),
+        ssim=float(np.mean([q.ssim for q in per_image])),
+        psnr_y_db=float(np.mean([q.psnr_y_db for q in per_image])),
+        ssim_y=float(np.mean([q.ssim_y for q in per_image])),
+        runtime_ms=runtime.runtime_ms, runtime_mean_ms=runtime.mean_ms, runtime_median_ms=runtime.median_ms,
+        runtime_p90_ms=runtime.p90_ms, runtime_n=runtime.n, wall_mean_ms=runtime.wall_mean_ms,
+        warmup_calls=timed.warmup_calls, repeats=protocol.repeats,
+        peak_mem_mb=peaks[0], peak_mem_official_mb=peaks[1])
+    return row, samples
+
+
+def _to_uint8_checked(adapter: ForwardAdapter):
+    def convert(sr: torch.Tensor) -> np.ndarray:
+        if not bool(torch.isfinite(sr).all()):
+            raise EvaluationError("inference", "the output contains NaN or Inf; the network is numerically "
+                                               "unstable on this input (check data_range and the weights)")
+        return adapter.to_uint8(sr)
+    return convert
+
+
+def _run_splits(run_id, sub, adapter, splits, config, device, split_rows: list, sample_rows: list) -> None:
+    """Measure each split, appending rows as each completes (kept if a later split fails)."""
+    official_peak = torch.cuda.max_memory_allocated(device) / _MIB if device.type == "cuda" else None
+    for split in splits:
+        decoded = [load_pair(pair, split.scale) for pair in split.pairs]
+        inputs = [adapter.to_input(lr, "cpu") for lr, _ in decoded]
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        timed = time_split(adapter, inputs, config.protocol, device, keep_output=_to_uint8_checked(adapter))
+        peaks = (None, None)
+        if device.type == "cuda":
+            split_peak = torch.cuda.max_memory_allocated(device) / _MIB
+            official_peak = max(official_peak, split_peak)
+            peaks = (split_peak, official_peak)
+        row, samples = _score_split(run_id, sub, split, timed, [hr for _, hr in decoded],
+                                    [lr.shape[:2] for lr, _ in decoded], config.protocol, peaks)
+        split_rows.append(row)
+        sample_rows.extend(samples)
+
+
+def _complexity_fields(model, sub, config, device, params_before) -> dict:
+    c = measure_complexity(model, config.complexity_input_shape, sub.data_range, device)
+    return dict(
+        complexity_input_shape="x".join(map(str, c.input_shape)), params=c.params,
+        params_before_forward=params_before, flops_fvcore=c.flops_fvcore, flops_hook_2022=c.flops_hook_2022,
+        flops_audit=c.flops_audit, flops_audit_ratio=c.audit_ratio, flops_audit_flag=c.audit_flag,
+        flops_zero_counted_ops=json.dumps([[op.op, op.calls, op.category] for op in c.zero_counted_ops]),
+        activations=c.activations, num_conv=c.num_conv)
+
+
+def _hygiene_fields(adapter, device) -> dict:
+    embedded = embedded_split()
+    pairs = [load_pair(pair, embedded.scale) for pair in embedded.pairs[:HYGIENE_IMAGES]]
+    report = check_hygiene(adapter, pairs, device)
+    return dict(
+        hygiene_input_mutated=report.input_mutated, hygiene_repeat_max_abs_diff=report.repeat_max_abs_diff,
+        hygiene_nonfinite_outputs=report.nonfinite_outputs, hygiene_cache_suspect=report.cache_suspect,
+        hygiene_cache_detail=report.cache_detail or None, hygiene_data_range_psnr_db=report.data_range_psnr_db,
+        hygiene_other_data_range_psnr_db=report.other_data_range_psnr_db,
+        hygiene_data_range_flag=report.data_range_flag, hygiene_flags=",".join(report.flags))
+
+
+def _describe_failure(submission_id: str, stage: str, exc: BaseException) -> tuple[str, str]:
+    """(stage, message) for an exception raised while evaluating a submission."""
+    if isinstance(exc, SubmissionError):
+        return exc.stage, str(exc)
+    if isinstance(exc, EvaluationError):
+        return exc.stage, f"[{submission_id}] {exc}"
+    if isinstance(exc, torch.OutOfMemoryError):
+        return stage, (f"[{submission_id}] out of memory during {stage}: {exc}. Fix: declare an adapter tile "
+                       "(adapter.tile) or reduce the model's memory use")
+    return stage, f"[{submission_id}] {stage} raised {type(exc).__name__}: {exc}"
+
+
+def _prepare_device(config: EvaluationConfig) -> torch.device:
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device cuda was asked for but torch sees no CUDA device")
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    torch.backends.cudnn.benchmark = False
+    return device
+
+
+def evaluate_submission(sub: Submission, splits: list[Split], config: EvaluationConfig, run_id: str) -> EvaluationResult:
+    """Measure one submission on every split; failures become an error row."""
+    device = _prepare_device(config)
+    started = time.time()
+    facts = facts_dict(device_facts(device))
+    base = dict(run_id=run_id, **_manifest_fields(sub), timing_protocol=config.protocol.protocol_id,
+                started_at_unix_s=started, **facts)
+    stage, fields, split_rows, sample_rows = "load", {}, [], []
+    try:
+        loaded = load_submission(sub, device)
+        fields.update(checkpoint_sha256=loaded.info.checkpoint_sha256,
+                      missing_keys=",".join(loaded.info.missing_keys) or None,
+                      unexpected_keys=",".join(loaded.info.unexpected_keys) or None,
+                      cuda_calls_redirected=loaded.info.cuda_calls_redirected)
+        params_before = sum(p.numel() for p in loaded.model.parameters())
+        adapter = ForwardAdapter(loaded.model, sub.adapter, sub.scale, sub.data_range)
+        stage = "inference"
+        _run_splits(run_id, sub, adapter, splits, config, device, split_rows, sample_rows)
+        stage = "complexity"
+        fields.update(_complexity_fields(loaded.model, sub, config, device, params_before))
+        if config.hygiene:
+            stage = "hygiene"
+            fields.update(_hygiene_fields(adapter, device))
+    except (Exception, SystemExit) as exc:  # a submission's fault is a row, never a crash
+        trace = traceback.format_exc()
+        stage, message = _describe_failure(sub.submission_id, stage, exc)
+    else:
+        row = SubmissionRow(status="ok", **base, **fields, wall_s=time.time() - started)
+        return EvaluationResult(submission=row, splits=tuple(split_rows), samples=tuple(sample_rows))
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    row = SubmissionRow(status="error", error=message, error_stage=stage, traceback=trace,
+                        **base, **fields, wall_s=time.time() - started)
+    return EvaluationResult(submission=row, splits=tuple(split_rows), samples=tuple(sample_rows))
+
+
+def manifest_failure(error: SubmissionError, run_id: str) -> EvaluationResult:
+    """The result row of a submission whose manifest did not validate."""
+    return EvaluationResult(submission=SubmissionRow(
+        run_id=run_id, submission_id=error.submission_id, team_id="", name=error.submission_id,
+        status="error", error=str(error), error_stage=error.stage))

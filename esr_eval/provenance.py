@@ -1,0 +1,108 @@
+"""Provenance: where and with what a number was measured.
+
+Contract: :func:`device_facts` describes the device an evaluation runs on (model, UUID, host,
+thread count, cuDNN/TF32 flags); :func:`environment` gives library versions (torch, CUDA,
+cuDNN, NVIDIA driver, Ray, numpy, fvcore, esr-eval) and the esr-eval git sha with a dirty
+flag. Nothing here fails: an unknown fact is ``None``.
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+import subprocess
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    device_kind: str
+    device_name: str
+    gpu_uuid: str | None
+    hostname: str
+    torch_num_threads: int
+    cudnn_benchmark: bool
+    tf32_matmul: bool
+    tf32_cudnn: bool
+
+
+def cpu_model_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_facts(device: torch.device) -> DeviceFacts:
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        name, uuid = properties.name, str(getattr(properties, "uuid", "")) or None
+    else:
+        name, uuid = cpu_model_name(), None
+    return DeviceFacts(
+        device_kind=device.type,
+        device_name=name,
+        gpu_uuid=uuid,
+        hostname=socket.gethostname(),
+        torch_num_threads=torch.get_num_threads(),
+        cudnn_benchmark=bool(torch.backends.cudnn.benchmark),
+        tf32_matmul=bool(torch.backends.cuda.matmul.allow_tf32),
+        tf32_cudnn=bool(torch.backends.cudnn.allow_tf32),
+    )
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=_PACKAGE_DIR, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
+def environment() -> dict:
+    """Library versions and the esr-eval source revision."""
+    sha = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "esr_eval_version": _version("esr-eval"),
+        "esr_eval_git_sha": sha,
+        "esr_eval_git_dirty": None if status is None else bool(status),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "nvidia_driver": _nvidia_driver() if torch.cuda.is_available() else None,
+        "ray": _version("ray"),
+        "numpy": _version("numpy"),
+        "fvcore": _version("fvcore"),
+        "platform": platform.platform(),
+    }
+
+
+def facts_dict(facts: DeviceFacts) -> dict:
+    return asdict(facts)

@@ -1,0 +1,182 @@
+"""A run: its folder, its single writer, resume bookkeeping, and the inputs every stage shares.
+
+Contract
+--------
+* ``results/<run_id>/`` is written by exactly one driver at a time: :meth:`RunFolder.lock`
+  creates ``driver.lock`` exclusively and refuses while another live driver holds it (a lock
+  left by a dead process on this host is taken over).
+* Each finished submission is written as one part file per table named after the submission
+  (``<table>/<submission_id>.parquet``): samples, then splits, then the submission row last,
+  so a submission counts as done only once all its rows are on disk. Re-writing a submission
+  replaces its parts; nothing else is touched, so a killed driver loses at most what was in
+  flight.
+* A submission's *fingerprint* hashes its manifest, checkpoint, timing protocol and dataset
+  hashes; :meth:`RunFolder.completed` returns the fingerprints already finished (status ``ok``
+  or ``error``; ``timeout``/``crashed`` are retried on resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from esr_eval.data import Split, discover_splits, embedded_split, folder_split, official_split, validate_split
+from esr_eval.loading import file_sha256
+from esr_eval.manifest import Submission
+from esr_eval.records import read_table, write_json, write_rows
+
+LOCK_NAME = "driver.lock"
+RESUMABLE_STATUSES = ("ok", "error")
+
+
+class RunLockedError(RuntimeError):
+    """Another driver is writing this run."""
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def fingerprint(sub: Submission, protocol_id: str, splits: list[Split]) -> str:
+    """What must match for an earlier result to stand: manifest, checkpoint, protocol, data."""
+    checkpoint = sub.checkpoint_path
+    parts = [sub.manifest_sha256,
+             file_sha256(checkpoint) if checkpoint is not None and checkpoint.is_file() else "no-checkpoint",
+             protocol_id, *sorted(f"{s.name}:{s.sha256}" for s in splits)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def resolve_splits(data_root: Path | None, names: list[str] | None, pairs: list[tuple[str, str, str]] | None,
+                   scale: int = 4) -> list[Split]:
+    """The splits to evaluate, all decoded once here so bad files fail before any model runs.
+
+    No data root and no pairs → the embedded default split.
+    """
+    splits: list[Split] = []
+    if data_root is not None:
+        if names:
+            splits += [official_split(Path(data_root), name, scale) for name in names]
+        else:
+            splits += list(discover_splits(Path(data_root), scale))
+    for name, hr_dir, lr_dir in pairs or []:
+        splits.append(folder_split(name, Path(hr_dir), Path(lr_dir), scale))
+    if not splits:
+        splits = [embedded_split()]
+    for split in splits:
+        validate_split(split)
+    return splits
+
+
+@dataclass
+class RunFolder:
+    path: Path
+
+    @classmethod
+    def create(cls, results_root: Path, run_id: str) -> "RunFolder":
+        path = Path(results_root) / run_id
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path)
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    def lock(self) -> None:
+        lock = self.path / LOCK_NAME
+        me = {"hostname": socket.gethostname(), "pid": os.getpid(), "since_unix_s": time.time()}
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = self._holder(lock)
+                if holder is not None:
+                    raise RunLockedError(
+                        f"run {self.run_id} is being written by another driver ({holder}); "
+                        f"wait for it or remove {lock} if that driver is gone") from None
+                lock.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as handle:
+                json.dump(me, handle)
+            return
+        raise RunLockedError(f"could not take {lock}")
+
+    @staticmethod
+    def _holder(lock: Path) -> str | None:
+        """Description of a live lock holder, or None when the lock is stale."""
+        try:
+            holder = json.loads(lock.read_text())
+        except (OSError, ValueError):
+            return "an unreadable lock"
+        if holder.get("hostname") != socket.gethostname():
+            return f"pid {holder.get('pid')} on {holder.get('hostname')}"
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return f"pid {holder['pid']} on this host"
+
+    def unlock(self) -> None:
+        (self.path / LOCK_NAME).unlink(missing_ok=True)
+
+    def write_run_json(self, payload: dict) -> None:
+        write_json(self.path / "run.json", payload)
+
+    def read_run_json(self) -> dict:
+        path = self.path / "run.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def write_result(self, result, fingerprint: str | None, attempts: int = 1) -> None:
+        """Write one submission's rows; the submission row goes last (the commit point)."""
+        sid = result.submission.submission_id
+        row = dataclasses.replace(result.submission, fingerprint=fingerprint, attempts=attempts)
+        for table, rows in (("samples", result.samples), ("splits", result.splits)):
+            if not write_rows(self.path, table, list(rows), sid):
+                (self.path / table / f"{sid}.parquet").unlink(missing_ok=True)
+        write_rows(self.path, "submissions", [row], sid)
+
+    def completed(self) -> dict[str, str]:
+        """submission_id → fingerprint of results that need not run again."""
+        table = read_table(self.path, "submissions")
+        done = table[table["status"].isin(RESUMABLE_STATUSES)]
+        return dict(zip(done["submission_id"], done["fingerprint"]))
+
+
+def run_metadata(run_id: str, protocol, splits: list[Split], submissions: list[Submission], driver: str,
+                 device: str, extra: dict | None = None) -> dict:
+    """The facts ``run.json`` holds (per-node device facts are on every submission row)."""
+    from esr_eval.provenance import environment
+
+    return {
+        "run_id": run_id,
+        "created_unix_s": time.time(),
+        "driver": driver,
+        "driver_host": socket.gethostname(),
+        "device": device,
+        "timing_protocol": {"id": protocol.protocol_id, **dataclasses.asdict(protocol)},
+        "splits": [{"name": s.name, "scale": s.scale, "num_images": len(s.pairs), "sha256": s.sha256}
+                   for s in splits],
+        "submissions": [s.submission_id for s in submissions],
+        "environment": environment(),
+        **(extra or {}),
+    }
+
+
+def summary_frame(run_dir: Path):
+    """One line per submission and split: status, PSNR, runtime, params, FLOPs (for printing)."""
+    subs = read_table(run_dir, "submissions")
+    splits = read_table(run_dir, "splits")
+    columns = ["submission_id", "status", "params", "flops_fvcore"]
+    merged = subs[columns + ["error"]].merge(
+        splits[["submission_id", "split", "psnr_db", "ssim", "runtime_ms", "runtime_p90_ms", "peak_mem_mb"]],
+        on="submission_id", how="left")
+    merged["error"] = merged["error"].fillna("").str.slice(0, 80)
+    return merged.sort_values(["status", "submission_id"]).reset_index(drop=True)

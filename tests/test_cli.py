@@ -1,0 +1,41 @@
+"""The esr-eval command line, in-process."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from esr_eval.cli import main
+from tests.conftest import REPO_ROOT
+
+
+def test_summary_prints_bicubic(capsys):
+    assert main(["summary", "--root", str(REPO_ROOT), "team99_Bicubic"]) == 0
+    out = capsys.readouterr().out
+    assert "team99_Bicubic" in out and "1x3x256x256" in out
+
+
+def test_summary_reports_an_invalid_manifest_as_a_row(factory, capsys):
+    factory.make()
+    bad = factory.make("team11_Bad", team_id="11")
+    bad.write_text(bad.read_text().replace("data_range: 1.0", "data_rang: 1.0"))
+    code = main(["summary", "--root", str(factory.root), "--manifests", str(factory.manifests),
+                 "--input", "1x3x16x16"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "team10_Tiny" in captured.out and "team11_Bad" in captured.out
+    assert "did you mean 'data_range'" in captured.err
+
+
+def test_evaluate_writes_run_folder_and_resumes(factory, tmp_path, capsys):
+    factory.make()
+    args = ["evaluate", "--root", str(factory.root), "--manifests", str(factory.manifests),
+            "--results", str(tmp_path / "results"), "--run-id", "r1", "--repeats", "2", "--no-hygiene"]
+    assert main(args) == 0
+    run = tmp_path / "results" / "r1"
+    subs = pd.read_parquet(run / "submissions")
+    assert subs.loc[0, "status"] == "ok" and subs.loc[0, "fingerprint"]
+    assert len(pd.read_parquet(run / "samples")) == 2 * 5
+    assert (run / "run.json").is_file() and not (run / "driver.lock").exists()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "already complete in this run, skipped" in capsys.readouterr().out
