@@ -162,6 +162,15 @@ def cmd_evaluate(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_import_ntire(args) -> int:
+    from esr_eval.importer import import_ntire
+
+    report = import_ntire(args.checkout, args.out, checksum=args.checksum, test_demo=args.test_demo)
+    print(report.summary_text())
+    print(f"\nnext: esr-eval summary --root {args.checkout} --manifests {args.out}")
+    return 0 if report.translated else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="esr-eval", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -182,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_args(evaluate)
     evaluate.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    importer = commands.add_parser("import-ntire", help="write manifests from an NTIRE-style test_demo.py (parsed, never run)")
+    importer.add_argument("checkout", type=Path, help="the NTIRE-style repository (holds test_demo.py, models/, model_zoo/)")
+    importer.add_argument("--out", type=Path, required=True, help="folder for the generated manifests")
+    importer.add_argument("--test-demo", default="test_demo.py", help="file holding select_model (default test_demo.py)")
+    importer.add_argument("--checksum", action="store_true", help="record each checkpoint's sha256 in its manifest")
+    importer.set_defaults(func=cmd_import_ntire)
     return parser
 
 

@@ -39,3 +39,14 @@ def test_evaluate_writes_run_folder_and_resumes(factory, tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 0
     assert "already complete in this run, skipped" in capsys.readouterr().out
+
+
+def test_import_ntire_then_summary_loads_the_manifests(tmp_path, capsys):
+    checkout = REPO_ROOT / "tests" / "fixtures" / "ntire_repo"
+    out = tmp_path / "manifests"
+    assert main(["import-ntire", str(checkout), "--out", str(out)]) == 0
+    report = capsys.readouterr().out
+    assert "Not translated (2)" in report and "line 77" in report
+    assert main(["summary", "--root", str(checkout), "--manifests", str(out), "--input", "1x3x32x32"]) == 0
+    table = capsys.readouterr().out
+    assert table.count("team") >= 7 and "ERROR" not in table
