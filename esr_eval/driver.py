@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 from tqdm import tqdm
 
 from esr_eval.evaluate import EvaluationConfig, EvaluationResult, evaluate_submission, manifest_failure
@@ -38,6 +38,7 @@ from esr_eval.scheduling import lpt_order
 
 RAY_ENV = {"RAY_AUTH_MODE": "disabled"}
 POLL_S = 0.5
+NODE_DEATH_GRACE_S = 60.0
 
 
 class HomogeneityError(RuntimeError):
@@ -130,6 +131,8 @@ class _Running:
     attempt: int
     started_s: float
     node_id: str | None = None
+    unreachable_since: float | None = None
+    error: BaseException | None = None
 
 
 def _node_alive(node_id: str | None) -> bool:
@@ -167,6 +170,7 @@ def run_distributed(subs: list[Submission], manifest_errors: list[SubmissionErro
     statuses = {e.submission_id: "error" for e in manifest_errors}
     written: list[str] = [e.submission_id for e in manifest_errors]
     running: dict[object, _Running] = {}
+    unreachable: list[_Running] = []
     bar = tqdm(total=len(queue), desc="submissions", unit="sub", disable=not options.progress, file=sys.stderr)
 
     def finish(job: _Running, result: EvaluationResult) -> None:
@@ -178,18 +182,21 @@ def run_distributed(subs: list[Submission], manifest_errors: list[SubmissionErro
 
     def launch(sub: Submission, attempt: int) -> None:
         actor = actor_class.remote()
+        node_ref = actor.node.remote()  # actor calls run in order: this answers before evaluate starts
         job = _Running(sub, actor, actor.evaluate.remote(sub, splits, config, folder.run_id),
-                       actor.node.remote(), attempt, time.time())
+                       node_ref, attempt, time.time())
         running[job.ref] = job
 
     try:
-        while queue or running:
-            while queue and len(running) < slots:
+        while queue or running or unreachable:
+            while queue and len(running) + len(unreachable) < slots:
                 launch(*queue.pop(0))
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S) if running else ([], [])
             for ref in ready:
                 job = running.pop(ref)
-                _settle(job, finish, queue, options, folder.run_id)
+                _settle(job, finish, queue, unreachable, options, folder.run_id)
+            for job in list(unreachable):
+                _resolve_unreachable(job, finish, queue, unreachable, options, folder.run_id)
             now = time.time()
             for ref, job in list(running.items()):
                 _note_node(job)
@@ -217,22 +224,45 @@ def _note_node(job: _Running) -> None:
             pass
 
 
-def _settle(job: _Running, finish, queue: list, options: DriverOptions, run_id: str) -> None:
-    """Turn a finished (or dead) actor call into a result, or re-queue it after a node loss."""
+def _crashed(job: _Running, run_id: str, reason: str, exc: BaseException) -> EvaluationResult:
+    detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[:6])
+    return EvaluationResult(submission=_failure_row(job.sub, run_id, "crashed",
+                                                    f"{reason} (attempt {job.attempt}): {detail}"))
+
+
+def _retry_or_give_up(job: _Running, finish, queue: list, options: DriverOptions, run_id: str,
+                      exc: BaseException) -> None:
+    """The actor went down with its node: run the submission again elsewhere, within max_attempts."""
+    ray.kill(job.actor)
+    if job.attempt < options.max_attempts:
+        queue.insert(0, (job.sub, job.attempt + 1))
+    else:
+        finish(job, _crashed(job, run_id, f"its node was lost {job.attempt} times", exc))
+
+
+def _settle(job: _Running, finish, queue: list, unreachable: list, options: DriverOptions, run_id: str) -> None:
+    """Turn a finished (or dead) actor call into a result, a retry, or a wait for the node's fate."""
     try:
         finish(job, ray.get(job.ref))
-        return
     except RayActorError as exc:
         _note_node(job)
-        message = str(exc).strip().splitlines()
-        if not _node_alive(job.node_id) and job.attempt < options.max_attempts:
-            ray.kill(job.actor)
-            queue.insert(0, (job.sub, job.attempt + 1))
-            return
-        reason = "its node was lost" if not _node_alive(job.node_id) else "the actor process died"
-        detail = " ".join(line.strip() for line in message[:6])
-        finish(job, EvaluationResult(submission=_failure_row(
-            job.sub, run_id, "crashed", f"{reason} (attempt {job.attempt}): {detail}")))
+        if not _node_alive(job.node_id):
+            _retry_or_give_up(job, finish, queue, options, run_id, exc)
+        elif isinstance(exc, ActorUnavailableError) or exc.preempted:
+            job.unreachable_since, job.error = time.time(), exc
+            unreachable.append(job)
+        else:
+            finish(job, _crashed(job, run_id, "the actor process died", exc))
     except Exception as exc:  # e.g. a result that could not be deserialised
-        finish(job, EvaluationResult(submission=_failure_row(
-            job.sub, run_id, "crashed", f"{type(exc).__name__}: {exc}")))
+        finish(job, _crashed(job, run_id, "the result could not be read", exc))
+
+
+def _resolve_unreachable(job: _Running, finish, queue: list, unreachable: list, options: DriverOptions,
+                         run_id: str) -> None:
+    """An unreachable actor's node is either declared dead (retry) or, after a grace period, not (crashed)."""
+    if not _node_alive(job.node_id):
+        unreachable.remove(job)
+        _retry_or_give_up(job, finish, queue, options, run_id, job.error)
+    elif time.time() - job.unreachable_since > NODE_DEATH_GRACE_S:
+        unreachable.remove(job)
+        finish(job, _crashed(job, run_id, "the actor stayed unreachable", job.error))
