@@ -171,6 +171,67 @@ def cmd_import_ntire(args) -> int:
     return 0 if report.translated else 1
 
 
+def _ranking_protocol(args):
+    """The protocol asked for; ``auto`` = demo for the embedded split, else the latest NTIRE rules."""
+    from esr_eval.protocols import load_protocol
+    from esr_eval.records import read_table
+
+    name = args.protocol
+    if name == "auto":
+        splits = set(read_table(args.run, "splits")["split"])
+        name = "demo" if splits <= {"embedded"} else "ntire2026"
+    protocol = load_protocol(name)
+    if args.valid_split or args.test_split:
+        protocol = protocol.with_splits(valid=args.valid_split, test=args.test_split)
+    if args.resamples:
+        protocol = protocol.with_resamples(args.resamples)
+    return protocol
+
+
+def cmd_rank(args) -> int:
+    from esr_eval.ranking import rank_run
+
+    protocol = _ranking_protocol(args)
+    rankings = rank_run(args.run, protocol)
+    main = protocol.main_track
+    columns = [c for c in ["submission_id", "role", "gate_pass", f"score_{main}", f"rank_{main}",
+                           f"rank_{main}_ci_low", f"rank_{main}_ci_high", f"tied_with_{main}", "excluded_reason"]
+               if c in rankings.columns]
+    print(f"protocol {protocol.name}: {protocol.description}")
+    with __import__("pandas").option_context("display.width", 220, "display.max_colwidth", 70):
+        print(rankings[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"\nwritten: {args.run / 'rankings'}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from esr_eval.report import write_report
+
+    paths = write_report(args.run, _ranking_protocol(args), args.out)
+    print(f"report: {paths.html}\nmarkdown: {paths.markdown}")
+    return 0
+
+
+def _add_ranking_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", type=Path, help="run folder, e.g. results/<run_id>")
+    parser.add_argument("--protocol", default="auto",
+                        help="ntire2022|ntire2024|ntire2025|ntire2026|demo or a YAML path "
+                             "(default auto: demo for the embedded split, else ntire2026)")
+    parser.add_argument("--valid-split", default=None, help="run split that stands for 'valid'")
+    parser.add_argument("--test-split", default=None, help="run split that stands for 'test'")
+    parser.add_argument("--resamples", type=int, default=None, help="bootstrap resamples for the intervals")
+
+
+def cmd_check(args) -> int:
+    from esr_eval.check import check_submission, find_manifest
+
+    manifests = args.manifests if args.manifests is not None else args.root / "model_zoo"
+    limits = {} if args.timeout is None else {"timeout_s": args.timeout}
+    report = check_submission(find_manifest(args.submission, manifests), args.root, device=args.device, **limits)
+    print(report.render())
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="esr-eval", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -192,12 +253,33 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     evaluate.set_defaults(func=cmd_evaluate)
 
+    check = commands.add_parser("check", help="pre-flight one submission: manifest, import, load, forward, "
+                                               "complexity, hygiene, PSNR vs bicubic (exit 1 on a failure)")
+    check.add_argument("submission", help="a manifest path, or a submission id looked up under --manifests")
+    check.add_argument("--root", type=Path, default=Path("."),
+                       help="submissions root holding models/ and model_zoo/ (default: .)")
+    check.add_argument("--manifests", type=Path, default=None,
+                       help="folder searched for the submission id (default: <root>/model_zoo)")
+    check.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    check.add_argument("--timeout", type=float, default=None,
+                       help="seconds each check may take (default: esr_eval.check.DEFAULT_TIMEOUT_S)")
+    check.set_defaults(func=cmd_check)
+
     importer = commands.add_parser("import-ntire", help="write manifests from an NTIRE-style test_demo.py (parsed, never run)")
     importer.add_argument("checkout", type=Path, help="the NTIRE-style repository (holds test_demo.py, models/, model_zoo/)")
     importer.add_argument("--out", type=Path, required=True, help="folder for the generated manifests")
     importer.add_argument("--test-demo", default="test_demo.py", help="file holding select_model (default test_demo.py)")
     importer.add_argument("--checksum", action="store_true", help="record each checkpoint's sha256 in its manifest")
     importer.set_defaults(func=cmd_import_ntire)
+
+    rank = commands.add_parser("rank", help="rank a run under a challenge's rules (writes <run>/rankings)")
+    _add_ranking_args(rank)
+    rank.set_defaults(func=cmd_rank)
+
+    report = commands.add_parser("report", help="HTML + Markdown report of a run")
+    _add_ranking_args(report)
+    report.add_argument("--out", type=Path, default=None, help="output folder (default <run>/report)")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

@@ -180,7 +180,7 @@ def evaluate_submission(sub: Submission, splits: list[Split], config: Evaluation
     started = time.time()
     facts = facts_dict(device_facts(device))
     base = dict(run_id=run_id, **_manifest_fields(sub), timing_protocol=config.protocol.protocol_id,
-                started_at_unix_s=started, **facts)
+                runtime_statistic=config.protocol.headline, started_at_unix_s=started, **facts)
     stage, fields, split_rows, sample_rows = "load", {}, [], []
     try:
         loaded = load_submission(sub, device)

@@ -74,6 +74,7 @@ class SubmissionRow:
     hygiene_data_range_flag: bool | None = None
     hygiene_flags: str | None = None
     timing_protocol: str | None = None
+    runtime_statistic: str | None = None
     device_kind: str | None = None
     device_name: str | None = None
     gpu_uuid: str | None = None

@@ -50,3 +50,26 @@ def test_import_ntire_then_summary_loads_the_manifests(tmp_path, capsys):
     assert main(["summary", "--root", str(checkout), "--manifests", str(out), "--input", "1x3x32x32"]) == 0
     table = capsys.readouterr().out
     assert table.count("team") >= 7 and "ERROR" not in table
+
+
+def test_rank_and_report_on_a_synthetic_43_submission_run(tmp_path, capsys):
+    from esr_eval.synthetic import write_synthetic_run
+
+    run = write_synthetic_run(tmp_path / "syn", n_submissions=43)
+    assert main(["rank", str(run), "--protocol", "ntire2024", "--resamples", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "protocol ntire2024" in out
+    rankings = pd.read_parquet(run / "rankings")
+    assert len(rankings) == 43 and rankings["rank_main"].min() == 1
+    assert main(["report", str(run), "--protocol", "ntire2024", "--resamples", "50"]) == 0
+    assert (run / "report" / "report.html").is_file() and (run / "report" / "report.md").is_file()
+
+
+def test_rank_auto_protocol_is_demo_for_the_embedded_split(factory, tmp_path, capsys):
+    factory.make()
+    results = tmp_path / "results"
+    main(["evaluate", "--root", str(factory.root), "--manifests", str(factory.manifests),
+          "--results", str(results), "--run-id", "r", "--repeats", "1", "--no-hygiene"])
+    capsys.readouterr()
+    assert main(["rank", str(results / "r"), "--resamples", "20"]) == 0
+    assert "protocol demo" in capsys.readouterr().out

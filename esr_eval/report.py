@@ -1,0 +1,438 @@
+"""Publishable report of a ranked run: ``report.html`` (self-contained) and ``report.md`` + PNG plots.
+
+Contract
+- ``write_report(run_dir, protocol, out_dir=None) -> ReportPaths`` ranks the run folder under the
+  protocol (``esr_eval.ranking``, nothing written to the run) and writes to ``out_dir``
+  (default ``<run_dir>/report``):
+  * ``report.html``: CSS inline, plots embedded as base64 PNG, no external resource;
+  * ``report.md`` with the PNG files beside it (``psnr_vs_runtime.png``, ``scores_<track>.png``).
+- Sections: summary of the rules; the challenge's results table (team, method, val/test PSNR,
+  val/test/average runtime, params [M], FLOPs [G], activations [M], memory [MB], #conv, each
+  ranked metric and track score with its rank in parentheses); one ranking per track with 95 %
+  bootstrap intervals and statistically tied neighbours; entries not ranked with their reasons;
+  provenance from ``run.json`` and the protocol.
+- Plots (matplotlib, no pyplot state): PSNR vs average runtime per role with the Pareto front of
+  ranked entries and the gate line; one bar chart of scores per track with interval whiskers.
+Rounding happens only here; units as in the column headers (dB, ms, M = 1e6, G = 1e9, MB = 2^20 B).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from esr_eval.protocols import PSNR_COLUMN_BY_ROLE, RankingProtocol, load_protocol
+from esr_eval.ranking import ROLE_PREFIX, gate_thresholds, metrics_table, rank, read_run, runtime_metric_names
+
+MISSING = "–"
+# PSNR-vs-runtime axes: points further than this below the ranked entries / gate, or further off
+# in runtime, are drawn clipped at the edge with their values written beside them.
+FOCUS_MARGIN_DB = 0.4
+FOCUS_RUNTIME_FACTOR = 3.0
+MAX_CLIPPED_LABELS = 6
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px 32px;
+       color: #1d2330; background: #fff; font-size: 14px; }
+h1 { font-size: 24px; margin-bottom: 4px; } h2 { font-size: 19px; margin-top: 32px;
+     border-bottom: 2px solid #dfe3ea; padding-bottom: 4px; }
+p.note { color: #4a5568; max-width: 1100px; line-height: 1.45; }
+table { border-collapse: collapse; margin: 10px 0 18px; font-size: 12.5px; }
+th, td { border: 1px solid #d5dae3; padding: 3px 7px; text-align: right; white-space: nowrap; }
+th { background: #eef1f6; white-space: normal; vertical-align: bottom; min-width: 36px; }
+td.text, th.text { text-align: left; white-space: normal; max-width: 520px; }
+tr:nth-child(even) td { background: #f8f9fb; }
+tr.baseline td { background: #fff4d6; } tr.reference td { background: #eef6ee; }
+tr.unranked td { color: #7a8394; }
+img { max-width: 100%; border: 1px solid #e3e6ec; margin: 6px 0 14px; }
+div.side { display: flex; gap: 20px; align-items: flex-start; flex-wrap: wrap; }
+div.side img { flex: 1 1 360px; min-width: 0; max-width: 700px; height: auto; }
+div.side table { flex: none; margin-top: 6px; }
+div.side td.text { max-width: 280px; }
+"""
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    html: Path
+    markdown: Path
+    plots: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class _Table:
+    """A table to render: header, cell texts, per-row CSS class, which columns hold text."""
+
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    row_classes: tuple[str, ...]
+    text_columns: frozenset[int]
+
+
+@dataclass(frozen=True)
+class _Section:
+    title: str
+    note: str = ""
+    table: _Table | None = None
+    image: Path | None = None
+
+
+def _fmt(value: Any, decimals: int, scale: float = 1.0) -> str:
+    if value is None or pd.isna(value):
+        return MISSING
+    return f"{float(value) * scale:.{decimals}f}"
+
+
+def _with_rank(text: str, rank_value: Any) -> str:
+    return text if rank_value is None or pd.isna(rank_value) or text == MISSING else f"{text} ({int(rank_value)})"
+
+
+def _row_class(row: pd.Series, main_rank_column: str) -> str:
+    if row["role"] in ("baseline", "reference"):
+        return str(row["role"])
+    return "" if pd.notna(row[main_rank_column]) else "unranked"
+
+
+def _score_decimals(protocol: RankingProtocol, track_name: str) -> int:
+    return 0 if protocol.track(track_name).formula == "rank_sum" else 4
+
+
+def _results_table(rankings: pd.DataFrame, protocol: RankingProtocol) -> _Table:
+    psnr_decimals = 2 if protocol.gate_rounding == "2dp" else 4
+    main = f"rank_{protocol.main_track}"
+    runtime_metrics = [m for m in protocol.metrics if m.name in runtime_metric_names(protocol)]
+    header = ["Rank", "Team", "Method", "Val PSNR [dB]", "Test PSNR [dB]"]
+    header += [f"{label} Runtime [ms]" for m in runtime_metrics for label in ("Val", "Test")]
+    header += [m.label for m in protocol.metrics]
+    header += [f"Score {t.name} ({t.formula})" for t in protocol.tracks]
+    rows, classes = [], []
+    for _, row in rankings.iterrows():
+        cells = [_fmt(row[main], 0), str(row["team_id"]), str(row["name"])]
+        cells += [_fmt(row.get(PSNR_COLUMN_BY_ROLE[role]), psnr_decimals) for role in ("valid", "test")]
+        cells += [
+            _fmt(row.get(f"{ROLE_PREFIX[r]}_{m.name}"), m.decimals) for m in runtime_metrics for r in ("valid", "test")
+        ]
+        for metric in protocol.metrics:
+            text = _fmt(row.get(metric.name), metric.decimals, metric.display_scale)
+            cells.append(_with_rank(text, row.get(f"metric_rank_{metric.name}")))
+        for track in protocol.tracks:
+            text = _fmt(row[f"score_{track.name}"], _score_decimals(protocol, track.name))
+            cells.append(_with_rank(text, row[f"rank_{track.name}"]))
+        rows.append(tuple(cells))
+        classes.append(_row_class(row, main))
+    return _Table(tuple(header), tuple(rows), tuple(classes), frozenset({1, 2}))
+
+
+def _track_is_sampled(protocol: RankingProtocol, track_name: str) -> bool:
+    """Whether the track's score moves with the resampled runtimes (its own or the baseline's)."""
+    return bool(set(protocol.track(track_name).metric_names) & set(runtime_metric_names(protocol)))
+
+
+def _track_table(rankings: pd.DataFrame, protocol: RankingProtocol, track_name: str) -> _Table:
+    ranked = rankings[rankings[f"rank_{track_name}"].notna()].sort_values(f"rank_{track_name}", kind="stable")
+    decimals = _score_decimals(protocol, track_name)
+    level = f"{protocol.confidence.level:.0%}"
+    if not _track_is_sampled(protocol, track_name):
+        rows = tuple(
+            (_fmt(r[f"rank_{track_name}"], 0), str(r["team_id"]), str(r["name"]),
+             _fmt(r[f"score_{track_name}"], decimals))
+            for _, r in ranked.iterrows()
+        )
+        return _Table(("Rank", "Team", "Method", "Score"), rows, ("",) * len(rows), frozenset({1, 2}))
+    header = ("Rank", "Team", "Method", "Score", f"Score {level} CI", f"Rank {level} CI", "Statistically tied with")
+    rows = []
+    for _, row in ranked.iterrows():
+        low, high = row[f"score_{track_name}_ci_low"], row[f"score_{track_name}_ci_high"]
+        rank_low, rank_high = row[f"rank_{track_name}_ci_low"], row[f"rank_{track_name}_ci_high"]
+        tied = row[f"tied_with_{track_name}"]
+        rows.append((
+            _fmt(row[f"rank_{track_name}"], 0), str(row["team_id"]), str(row["name"]),
+            _fmt(row[f"score_{track_name}"], decimals),
+            MISSING if pd.isna(low) else f"{_fmt(low, decimals)} – {_fmt(high, decimals)}",
+            MISSING if pd.isna(rank_low) else f"{int(rank_low)} – {int(rank_high)}",
+            MISSING if tied is None or pd.isna(tied) else (tied or "none"),
+        ))
+    return _Table(header, tuple(rows), ("",) * len(rows), frozenset({1, 2, 6}))
+
+
+def _excluded_table(rankings: pd.DataFrame) -> _Table:
+    excluded = rankings[rankings["excluded_reason"].notna()]
+    rows = tuple(
+        (str(r["team_id"]), str(r["name"]), str(r["status"]), str(r["role"]), str(r["excluded_reason"]))
+        for _, r in excluded.iterrows()
+    )
+    classes = tuple(str(r["role"]) if r["role"] != "entry" else "" for _, r in excluded.iterrows())
+    return _Table(("Team", "Method", "Status", "Role", "Reason"), rows, classes, frozenset({0, 1, 2, 3, 4}))
+
+
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
+    if isinstance(value, dict):
+        return [item for key, inner in value.items() for item in _flatten(inner, f"{prefix}{key}.")]
+    if isinstance(value, list):
+        return [(prefix.rstrip("."), json.dumps(value))]
+    return [(prefix.rstrip("."), str(value))]
+
+
+def _provenance_table(run_info: dict, protocol: RankingProtocol) -> _Table:
+    confidence = protocol.confidence
+    rules = [
+        ("protocol.name", protocol.name),
+        ("protocol.source", protocol.source_path),
+        ("protocol.splits", ", ".join(f"{role} = {split}" for role, split in protocol.splits)),
+        ("protocol.gate_rounding", protocol.gate_rounding),
+        ("protocol.baseline", f"{protocol.baseline.match.describe()}, figures from {protocol.baseline.source}"),
+        ("protocol.bootstrap", f"{confidence.resamples} resamples, seed {confidence.seed}, level {confidence.level:g}"),
+    ]
+    rows = tuple(rules + _flatten(run_info, "run."))
+    return _Table(("Field", "Value"), rows, ("",) * len(rows), frozenset({0, 1}))
+
+
+def pareto_front(runtime_ms: np.ndarray, psnr_db: np.ndarray) -> np.ndarray:
+    """Indices of points no other point beats on both lower runtime and higher PSNR, by runtime."""
+    order = np.lexsort((-psnr_db, runtime_ms))
+    front, best = [], -np.inf
+    for i in order:
+        if psnr_db[i] > best:
+            front.append(i)
+            best = psnr_db[i]
+    return np.array(front, dtype=int)
+
+
+def _focus_limits(
+    runtime_ms: np.ndarray, psnr_db: np.ndarray, core: np.ndarray, present: np.ndarray, gate_db: float
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Axis limits (log x) around the ``core`` points (ranked + baseline) and the gate line, widened
+    to every point within FOCUS_MARGIN_DB below that and a factor FOCUS_RUNTIME_FACTOR in runtime."""
+    core_db = np.append(psnr_db[core], gate_db)
+    floor_db = np.nanmin(core_db) - FOCUS_MARGIN_DB
+    x_core = runtime_ms[core]
+    near = present & (psnr_db >= floor_db) & (runtime_ms >= x_core.min() / FOCUS_RUNTIME_FACTOR) & (
+        runtime_ms <= x_core.max() * FOCUS_RUNTIME_FACTOR)
+    x, y = runtime_ms[near | core], np.append(psnr_db[near | core], gate_db)
+    low_db, high_db = np.nanmin(y), np.nanmax(y)
+    pad_db = max(0.02, 0.06 * (high_db - low_db))
+    return (x.min() / 1.15, x.max() * 1.15), (low_db - pad_db, high_db + pad_db)
+
+
+def _plain_log_ticks(axis: Any) -> None:
+    """Log-axis tick labels as plain numbers: every decade, and minor ticks at 2x and 5x only."""
+    def minor(value: float, _: int) -> str:
+        mantissa = round(value / 10 ** np.floor(np.log10(value))) if value > 0 else 0
+        return f"{value:g}" if mantissa in (2, 5) else ""
+
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(FuncFormatter(minor))
+
+
+def _plot_psnr_vs_runtime(rankings: pd.DataFrame, protocol: RankingProtocol, path: Path) -> None:
+    runtime_metric = next(m for m in protocol.metrics if m.name in runtime_metric_names(protocol))
+    roles = ("valid",) if protocol.split_for("valid") == protocol.split_for("test") else ("valid", "test")
+    thresholds = {g.role: g for g in gate_thresholds(rankings, protocol)}
+    figure = Figure(figsize=(6.2 * len(roles), 5.0), dpi=110, layout="constrained")
+    role_of = rankings["role"].to_numpy()
+    ranked = rankings[f"rank_{protocol.main_track}"].notna().to_numpy()
+    runtime_ms = rankings[runtime_metric.name].to_numpy(dtype="float64")
+    names = rankings["name"].astype(str).to_numpy()
+    for k, role in enumerate(roles):
+        axes = figure.add_subplot(1, len(roles), k + 1)
+        psnr_db = rankings[PSNR_COLUMN_BY_ROLE[role]].to_numpy(dtype="float64")
+        present = ~np.isnan(psnr_db) & ~np.isnan(runtime_ms) & (runtime_ms > 0)
+        gate = thresholds.get(role)
+        gate_db = gate.threshold_db if gate is not None else np.nan
+        core = present & (ranked | (role_of == "baseline"))
+        core = core if core.any() else present
+        (x_lo, x_hi), (y_lo, y_hi) = _focus_limits(runtime_ms, psnr_db, core, present, gate_db)
+        inside = present & (runtime_ms >= x_lo) & (runtime_ms <= x_hi) & (psnr_db >= y_lo) & (psnr_db <= y_hi)
+        groups = (
+            ("ranked", ranked & (role_of == "entry"), dict(marker="o", color="#2b6cb0", s=26)),
+            ("baseline", role_of == "baseline", dict(marker="*", color="#d69e2e", s=150, zorder=4)),
+            ("reference", role_of == "reference", dict(marker="D", color="#2f855a", s=34)),
+            ("not ranked", ~ranked & (role_of == "entry"), dict(marker="x", color="#a0aec0", s=30)),
+        )
+        for label, mask, style in groups:
+            if (mask & inside).any():
+                axes.scatter(runtime_ms[mask & inside], psnr_db[mask & inside], label=label, **style)
+        outside = np.flatnonzero(present & ~inside)
+        if len(outside):
+            x_edge = np.clip(runtime_ms[outside], x_lo * 1.04, x_hi / 1.04)
+            y_edge = np.clip(psnr_db[outside], y_lo + 0.01 * (y_hi - y_lo), y_hi - 0.01 * (y_hi - y_lo))
+            axes.scatter(x_edge, y_edge, marker="v", facecolors="none", edgecolors="#718096", s=36,
+                         label="off axes (clipped)")
+            for i, x, y in zip(outside[:MAX_CLIPPED_LABELS], x_edge, y_edge):
+                axes.annotate(f"{names[i]} ({runtime_ms[i]:.2f} ms, {psnr_db[i]:.2f} dB)", (x, y), fontsize=7,
+                              color="#4a5568", xytext=(5, 4), textcoords="offset points")
+        candidates = np.flatnonzero(ranked & present)
+        if len(candidates):
+            front = candidates[pareto_front(runtime_ms[candidates], psnr_db[candidates])]
+            axes.step(runtime_ms[front], psnr_db[front], where="post", color="#c53030", lw=1.2, label="Pareto front")
+            for i in front:
+                axes.annotate(names[i], (runtime_ms[i], psnr_db[i]), fontsize=7, xytext=(4, 4),
+                              textcoords="offset points")
+        if not np.isnan(gate_db):
+            axes.axhline(gate_db, color="#718096", ls="--", lw=1,
+                         label=f"gate {gate_db:.2f} dB ({protocol.gate_rounding})")
+        axes.set_xscale("log")
+        _plain_log_ticks(axes.xaxis)
+        axes.set_xlim(x_lo, x_hi)
+        axes.set_ylim(y_lo, y_hi)
+        axes.set_xlabel(f"{runtime_metric.label} (log scale)")
+        axes.set_ylabel(f"{role} PSNR [dB] ({protocol.split_for(role)})")
+        axes.set_title(f"{role.capitalize()} PSNR vs runtime")
+        axes.grid(True, which="both", alpha=0.25)
+        axes.legend(fontsize=8, loc="best")
+    figure.savefig(path, metadata={"Software": None})
+
+
+def _plot_scores(rankings: pd.DataFrame, protocol: RankingProtocol, track_name: str, path: Path) -> None:
+    track = protocol.track(track_name)
+    ranked = rankings[rankings[f"rank_{track_name}"].notna()].sort_values(f"rank_{track_name}", kind="stable")
+    figure = Figure(figsize=(5.6, 1.2 + 0.2 * max(len(ranked), 1)), dpi=110, layout="constrained")
+    axes = figure.add_subplot(1, 1, 1)
+    score = ranked[f"score_{track_name}"].to_numpy(dtype="float64")
+    low = ranked[f"score_{track_name}_ci_low"].to_numpy(dtype="float64")
+    high = ranked[f"score_{track_name}_ci_high"].to_numpy(dtype="float64")
+    y = np.arange(len(ranked))
+    axes.barh(y, score, color="#4c78a8", height=0.7)
+    if len(ranked) and not np.isnan(low).all():
+        axes.errorbar(score, y, xerr=[score - low, high - score], fmt="none", ecolor="#1a202c", lw=0.9, capsize=2)
+    labels = [f"{int(r)}. {n}" for r, n in zip(ranked[f"rank_{track_name}"], ranked["name"])]
+    axes.set_yticks(y, labels, fontsize=8)
+    axes.invert_yaxis()
+    baseline = rankings[rankings["role"] == "baseline"][f"score_{track_name}"].dropna()
+    if len(baseline):
+        axes.axvline(baseline.iloc[0], color="#d69e2e", ls="--", lw=1.2, label=f"baseline {baseline.iloc[0]:.4g}")
+        axes.legend(fontsize=8, loc="lower right")
+    if track.formula == "exp_ratio":
+        axes.set_xscale("log")
+        _plain_log_ticks(axes.xaxis)
+    scale = ", log scale" if track.formula == "exp_ratio" else ""
+    axes.set_xlabel(f"score ({track.formula}, lower is better{scale})")
+    axes.set_title(track.title)
+    axes.grid(True, axis="x", which="both", alpha=0.25)
+    figure.savefig(path, metadata={"Software": None})
+
+
+def _rules_note(rankings: pd.DataFrame, protocol: RankingProtocol) -> str:
+    n_ranked = int(rankings[f"rank_{protocol.main_track}"].notna().sum())
+    gates = "; ".join(
+        f"{g.role} PSNR >= {g.threshold_db:.2f} dB" + (f" ({g.explanation})" if g.explanation else "")
+        if g.problem is None else f"{g.role}: {g.problem}"
+        for g in gate_thresholds(rankings, protocol)
+    ) or "none"
+    return (
+        f"{protocol.description} — {len(rankings)} submissions, {n_ranked} ranked in the main track. "
+        f"PSNR gate: {gates}, compared {'after 2-decimal rounding' if protocol.gate_rounding == '2dp' else 'exactly'}. "
+        f"Baseline: {protocol.baseline.match.describe()}, figures from {protocol.baseline.source}. "
+        "Ranks are min-style (ties share the smallest rank); lower score is better; the number in "
+        "parentheses is the rank."
+    )
+
+
+def _sections(
+    rankings: pd.DataFrame, run_info: dict, protocol: RankingProtocol, plots: dict[str, Path]
+) -> list[_Section]:
+    level = f"{protocol.confidence.level:.0%}"
+    sections = [
+        _Section("Results", _rules_note(rankings, protocol), _results_table(rankings, protocol)),
+        _Section("PSNR vs runtime", "Pareto front of ranked entries (red) and the PSNR gate (dashed).",
+                 image=plots["psnr_vs_runtime"]),
+    ]
+    for track in protocol.tracks:
+        note = (
+            f"{level} intervals from a paired bootstrap over images and repeats of the per-call latencies; "
+            "entries whose rank intervals overlap are statistically tied."
+            if _track_is_sampled(protocol, track.name)
+            else "Scores from deterministic counts (no sampling noise), so no intervals."
+        )
+        table = _track_table(rankings, protocol, track.name)
+        sections.append(_Section(track.title, note, table, plots[f"scores_{track.name}"]))
+    sections.append(_Section("Not ranked", "Every submission of the run appears above; these are not ranked, and why.",
+                             _excluded_table(rankings)))
+    sections.append(_Section("Provenance", "", _provenance_table(dict(run_info), protocol)))
+    return sections
+
+
+def _html_table(table: _Table) -> str:
+    def cell(tag: str, text: str, column: int) -> str:
+        css = ' class="text"' if column in table.text_columns else ""
+        return f"<{tag}{css}>{html.escape(text)}</{tag}>"
+
+    head = "".join(cell("th", h, i) for i, h in enumerate(table.header))
+    body = "\n".join(
+        f'<tr class="{css}">' + "".join(cell("td", c, i) for i, c in enumerate(row)) + "</tr>"
+        for row, css in zip(table.rows, table.row_classes)
+    )
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+
+
+def _markdown_table(table: _Table) -> str:
+    def escape(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(escape(h) for h in table.header) + " |",
+             "|" + "|".join(":---" if i in table.text_columns else "---:" for i in range(len(table.header))) + "|"]
+    lines += ["| " + " | ".join(escape(c) for c in row) + " |" for row in table.rows]
+    return "\n".join(lines)
+
+
+def _render_html(title: str, sections: list[_Section]) -> str:
+    parts = [f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>',
+             f"<style>{CSS}</style>\n</head>\n<body>\n<h1>{html.escape(title)}</h1>"]
+    for section in sections:
+        parts.append(f"<h2>{html.escape(section.title)}</h2>")
+        if section.note:
+            parts.append(f'<p class="note">{html.escape(section.note)}</p>')
+        body = []
+        if section.image is not None:
+            encoded = base64.b64encode(section.image.read_bytes()).decode("ascii")
+            body.append(f'<img alt="{html.escape(section.title)}" src="data:image/png;base64,{encoded}">')
+        if section.table is not None:
+            body.append(_html_table(section.table))
+        side_by_side = section.image is not None and section.table is not None
+        parts.append('<div class="side">\n' + "\n".join(body) + "\n</div>" if side_by_side else "\n".join(body))
+    parts.append("</body>\n</html>\n")
+    return "\n".join(parts)
+
+
+def _render_markdown(title: str, sections: list[_Section]) -> str:
+    parts = [f"# {title}"]
+    for section in sections:
+        parts.append(f"## {section.title}")
+        if section.note:
+            parts.append(section.note)
+        if section.image is not None:
+            parts.append(f"![{section.title}]({section.image.name})")
+        if section.table is not None:
+            parts.append(_markdown_table(section.table))
+    return "\n\n".join(parts) + "\n"
+
+
+def write_report(
+    run_dir: str | Path, protocol: RankingProtocol | str | Path, out_dir: str | Path | None = None
+) -> ReportPaths:
+    """Rank ``run_dir`` under ``protocol`` and write report.html, report.md and plots (module doc)."""
+    protocol = protocol if isinstance(protocol, RankingProtocol) else load_protocol(protocol)
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables = read_run(run_dir)
+    rankings = rank(metrics_table(tables, protocol), protocol, samples=tables.samples)
+    plots = {"psnr_vs_runtime": out_dir / "psnr_vs_runtime.png"}
+    _plot_psnr_vs_runtime(rankings, protocol, plots["psnr_vs_runtime"])
+    for track in protocol.tracks:
+        plots[f"scores_{track.name}"] = out_dir / f"scores_{track.name}.png"
+        _plot_scores(rankings, protocol, track.name, plots[f"scores_{track.name}"])
+    run_id = tables.run_info.get("run_id", run_dir.name)
+    title = f"{protocol.name} results — run {run_id}"
+    sections = _sections(rankings, tables.run_info, protocol, plots)
+    paths = ReportPaths(out_dir / "report.html", out_dir / "report.md", tuple(plots.values()))
+    paths.html.write_text(_render_html(title, sections), encoding="utf-8")
+    paths.markdown.write_text(_render_markdown(title, sections), encoding="utf-8")
+    return paths

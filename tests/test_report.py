@@ -1,0 +1,111 @@
+"""Tests of esr_eval.report (HTML + Markdown + plots of a ranked run) and of the headless render."""
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from esr_eval.protocols import load_protocol
+from esr_eval.ranking import metrics_table, rank, read_run
+from esr_eval.report import pareto_front, write_report
+from esr_eval.synthetic import write_synthetic_run
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory):
+    run = write_synthetic_run(tmp_path_factory.mktemp("runs") / "synthetic-43")
+    protocol = load_protocol("ntire2024").with_resamples(200)
+    tables = read_run(run)
+    rankings = rank(metrics_table(tables, protocol), protocol, samples=tables.samples)
+    return write_report(run, protocol), rankings
+
+
+def test_report_files_and_plots_exist(report) -> None:
+    paths, _ = report
+    assert paths.html.parent.name == "report"
+    assert [p.name for p in paths.plots] == [
+        "psnr_vs_runtime.png", "scores_main.png", "scores_sub_runtime.png", "scores_sub_flops.png",
+        "scores_sub_params.png",
+    ]
+    for plot in paths.plots:
+        with Image.open(plot) as image:
+            assert image.format == "PNG" and image.width > 300 and image.height > 200
+            assert np.asarray(image.convert("L")).std() > 5, f"{plot.name} looks blank"
+
+
+def test_html_is_self_contained(report) -> None:
+    paths, _ = report
+    text = paths.html.read_text(encoding="utf-8")
+    assert "<style>" in text
+    assert not re.search(r"""(src|href)\s*=\s*["'](?!data:)""", text), "external resource referenced"
+    assert text.count('src="data:image/png;base64,') == len(paths.plots)
+
+
+def test_markdown_links_its_plots(report) -> None:
+    paths, _ = report
+    text = paths.markdown.read_text(encoding="utf-8")
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert sorted(linked) == sorted(p.name for p in paths.plots)
+    assert all((paths.markdown.parent / name).exists() for name in linked)
+
+
+def test_results_table_lists_everyone_with_ranks_in_parentheses(report) -> None:
+    paths, rankings = report
+    text = paths.markdown.read_text(encoding="utf-8")
+    results = text.split("## Results", 1)[1].split("## ", 1)[0]
+    rows = [line for line in results.splitlines() if line.startswith("| ") and not line.startswith("| Rank")]
+    assert len(rows) == len(rankings) == 43
+    winner = rankings.iloc[0]
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[:3] == ["1", winner["team_id"], winner["name"]]
+    assert f"{winner['runtime_ms']:.2f} ({int(winner['metric_rank_runtime_ms'])})" in cells
+    assert f"{winner['params'] * 1e-6:.3f} ({int(winner['metric_rank_params'])})" in cells
+    assert f"{winner['score_main']:.4f} (1)" in cells
+
+
+def test_excluded_entries_and_provenance_are_reported(report) -> None:
+    paths, rankings = report
+    text = paths.markdown.read_text(encoding="utf-8")
+    not_ranked = text.split("## Not ranked", 1)[1].split("## ", 1)[0]
+    for reason in rankings["excluded_reason"].dropna():
+        assert reason in not_ranked
+    assert "status error: ModuleNotFoundError" in not_ranked
+    provenance = text.split("## Provenance", 1)[1]
+    assert "| run.device.name | NVIDIA GeForce RTX 3090 (synthetic) |" in provenance
+    assert "| protocol.gate_rounding | exact |" in provenance
+
+
+def test_pareto_front_keeps_only_undominated_points() -> None:
+    runtime_ms = np.array([10.0, 5.0, 20.0, 8.0, 30.0, 5.0])
+    psnr_db = np.array([27.0, 26.9, 27.2, 26.8, 27.1, 26.95])
+    assert list(pareto_front(runtime_ms, psnr_db)) == [5, 0, 2]
+
+
+def test_single_split_report_draws_one_panel(tmp_path: Path) -> None:
+    run = write_synthetic_run(
+        tmp_path / "demo-run", n_submissions=8, seed=1, splits=("embedded",), images_per_split=5, repeats=3
+    )
+    paths = write_report(run, load_protocol("demo").with_resamples(50), out_dir=tmp_path / "out")
+    assert paths.html.parent == tmp_path / "out"
+    with Image.open(paths.plots[0]) as image:
+        assert image.width < image.height * 1.6  # one panel, not two side by side
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (apt-get install -y chromium)")
+def test_report_renders_in_headless_chromium(report, tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("render_report", REPO / "benchmarks" / "render_report.py")
+    render_report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render_report)
+    paths, _ = report
+    screenshot = render_report.render_html(paths.html, tmp_path / "shot.png", window_px=(1400, 2000))
+    with Image.open(screenshot) as image:
+        assert image.size == (1400, 2000)
+        pixels = np.asarray(image.convert("L"))
+    assert pixels.std() > 20, "screenshot is blank"
