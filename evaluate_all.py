@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     splits = resolve_splits(args.data, args.split, args.pair)
     protocol = get_protocol(args.protocol, args.repeats, args.warmup)
     config = EvaluationConfig(protocol=protocol, device=args.device, torch_threads=args.threads,
-                              hygiene=not args.no_hygiene)
+                              hygiene=not args.no_hygiene, ssim=args.ssim)
     folder = RunFolder.create(args.results, args.run_id or new_run_id())
     folder.lock()
     try:

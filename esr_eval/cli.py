@@ -113,6 +113,8 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=None, help="override the protocol's warm-up passes")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (fixed and recorded)")
     parser.add_argument("--no-hygiene", action="store_true", help="skip the hygiene checks")
+    parser.add_argument("--ssim", action="store_true",
+                        help="also compute SSIM and SSIM-Y (off by default, as in the official script)")
     parser.add_argument("--results", type=Path, default=Path("results"), help="results root (default results/)")
     parser.add_argument("--run-id", default=None, help="run id; an existing one is resumed")
 
@@ -135,7 +137,7 @@ def cmd_evaluate(args) -> int:
     splits = resolve_splits(args.data, args.split, args.pair)
     protocol = get_protocol(args.protocol, args.repeats, args.warmup)
     config = EvaluationConfig(protocol=protocol, device=args.device, torch_threads=args.threads,
-                              hygiene=not args.no_hygiene)
+                              hygiene=not args.no_hygiene, ssim=args.ssim)
     folder = RunFolder.create(args.results, args.run_id or new_run_id())
     folder.lock()
     failed = len(manifest_errors)

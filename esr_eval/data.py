@@ -172,7 +172,7 @@ def read_image_rgb(path: Path) -> np.ndarray:
     try:
         opened = Image.open(path)
         opened.load()
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise SplitError(
             f"{path}: cannot read image ({error}); replace the file with a valid 8-bit PNG"
         ) from error
@@ -182,7 +182,8 @@ def read_image_rgb(path: Path) -> np.ndarray:
                 f"{path}: image mode {opened.mode!r} is not 8-bit gray/RGB; save it as an "
                 f"8-bit RGB PNG"
             )
-        rgb = ImageOps.exif_transpose(opened).convert("RGB")
+        ImageOps.exif_transpose(opened, in_place=True)
+        rgb = opened if opened.mode == "RGB" else opened.convert("RGB")
     return np.asarray(rgb, dtype=np.uint8)
 
 

@@ -43,6 +43,7 @@ class EvaluationConfig:
     torch_threads: int | None = None
     complexity_input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE
     hygiene: bool = True
+    ssim: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,11 @@ def _manifest_fields(sub: Submission) -> dict:
                 scale=sub.scale, adapter=sub.adapter.describe(), manifest_sha256=sub.manifest_sha256)
 
 
-def _score_split(run_id: str, sub: Submission, split: Split, timed, hr_images, lr_shapes, protocol,
+def _mean(values: list[float | None]) -> float | None:
+    return None if any(v is None for v in values) else float(np.mean(values))
+
+
+def _score_split(run_id: str, sub: Submission, split: Split, timed, hr_images, lr_shapes, config: EvaluationConfig,
                  peaks: tuple[float | None, float | None]) -> tuple[SplitRow, list[SampleRow]]:
     samples, per_image = [], []
     for index, pair in enumerate(split.pairs):
@@ -75,7 +80,7 @@ def _score_split(run_id: str, sub: Submission, split: Split, timed, hr_images, l
             raise EvaluationError("quality", f"{split.name}/{pair.name}: output {sr.shape[1]}x{sr.shape[0]} is not "
                                              f"{sub.scale}x the input (expected {hr.shape[1]}x{hr.shape[0]}); "
                                              "check `scale` and the adapter (pad_to_multiple crops back)")
-        quality = score(sr, hr, sub.scale)
+        quality = score(sr, hr, sub.scale, with_ssim=config.ssim)
         per_image.append(quality)
         for repeat in range(timed.latency_ms.shape[0]):
             first = repeat == 0
@@ -86,14 +91,15 @@ def _score_split(run_id: str, sub: Submission, split: Split, timed, hr_images, l
                 lr_height=lr_shapes[index][0], lr_width=lr_shapes[index][1],
                 psnr_db=quality.psnr_db if first else None, ssim=quality.ssim if first else None,
                 psnr_y_db=quality.psnr_y_db if first else None, ssim_y=quality.ssim_y if first else None))
+    protocol = config.protocol
     runtime = summarize(timed, protocol)
     row = SplitRow(
         run_id=run_id, submission_id=sub.submission_id, split=split.name, num_images=len(split.pairs),
         dataset_sha256=split.sha256,
         psnr_db=float(np.mean([q.psnr_db for q in per_image])),
-        ssim=float(np.mean([q.ssim for q in per_image])),
+        ssim=_mean([q.ssim for q in per_image]),
         psnr_y_db=float(np.mean([q.psnr_y_db for q in per_image])),
-        ssim_y=float(np.mean([q.ssim_y for q in per_image])),
+        ssim_y=_mean([q.ssim_y for q in per_image]),
         runtime_ms=runtime.runtime_ms, runtime_mean_ms=runtime.mean_ms, runtime_median_ms=runtime.median_ms,
         runtime_p90_ms=runtime.p90_ms, runtime_n=runtime.n, wall_mean_ms=runtime.wall_mean_ms,
         warmup_calls=timed.warmup_calls, repeats=protocol.repeats,
@@ -125,7 +131,7 @@ def _run_splits(run_id, sub, adapter, splits, config, device, split_rows: list, 
             official_peak = max(official_peak, split_peak)
             peaks = (split_peak, official_peak)
         row, samples = _score_split(run_id, sub, split, timed, [hr for _, hr in decoded],
-                                    [lr.shape[:2] for lr, _ in decoded], config.protocol, peaks)
+                                    [lr.shape[:2] for lr, _ in decoded], config, peaks)
         split_rows.append(row)
         sample_rows.extend(samples)
 

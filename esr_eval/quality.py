@@ -46,9 +46,9 @@ class QualityScores:
     """Quality of one SR image against its HR: PSNR in dB, SSIM unitless, RGB and Y variants."""
 
     psnr_db: float
-    ssim: float
+    ssim: float | None
     psnr_y_db: float
-    ssim_y: float
+    ssim_y: float | None
 
 
 def to_uint8(sr: torch.Tensor | np.ndarray, data_range: float) -> np.ndarray:
@@ -166,11 +166,15 @@ def ssim_y(sr_u8: np.ndarray, hr_u8: np.ndarray, border: int) -> float:
     return _ssim(rgb_to_y(sr_u8), rgb_to_y(hr_u8), border)
 
 
-def score(sr_u8: np.ndarray, hr_u8: np.ndarray, scale: int) -> QualityScores:
-    """All four metrics with border = ``scale``, as the challenge does."""
+def score(sr_u8: np.ndarray, hr_u8: np.ndarray, scale: int, with_ssim: bool = True) -> QualityScores:
+    """The metrics with border = ``scale``, as the challenge does.
+
+    SSIM (RGB and Y) costs ~30x a PSNR on a 2K image; ``with_ssim=False`` leaves it ``None``,
+    as the official script does unless asked (``--ssim``).
+    """
     return QualityScores(
         psnr_db=psnr_db(sr_u8, hr_u8, scale),
-        ssim=ssim(sr_u8, hr_u8, scale),
+        ssim=ssim(sr_u8, hr_u8, scale) if with_ssim else None,
         psnr_y_db=psnr_y_db(sr_u8, hr_u8, scale),
-        ssim_y=ssim_y(sr_u8, hr_u8, scale),
+        ssim_y=ssim_y(sr_u8, hr_u8, scale) if with_ssim else None,
     )

@@ -98,9 +98,9 @@ class SplitRow:
     num_images: int
     dataset_sha256: str
     psnr_db: float
-    ssim: float
+    ssim: float | None
     psnr_y_db: float
-    ssim_y: float
+    ssim_y: float | None
     runtime_ms: float
     runtime_mean_ms: float
     runtime_median_ms: float

@@ -46,7 +46,7 @@ def test_bicubic_end_to_end(split):
         expected.append(psnr_db(sr, hr, border=4))
     assert split_row.psnr_db == pytest.approx(np.mean(expected), abs=1e-12)
     firsts = [s for s in result.samples if s.repeat == 0]
-    assert all(s.psnr_db is not None for s in firsts)
+    assert all(s.psnr_db is not None and s.ssim is None for s in firsts)
     assert all(s.psnr_db is None for s in result.samples if s.repeat > 0)
 
 
@@ -97,3 +97,11 @@ def test_strict_false_is_carried_into_the_row(factory, split):
     result = evaluate_submission(sub, [split], FAST, "run-f")
     assert result.submission.status == "ok" and result.submission.strict is False
     assert result.submission.unexpected_keys == "extra"
+
+
+def test_ssim_is_opt_in(split):
+    result = evaluate_submission(_bicubic(), [split], EvaluationConfig(protocol=OFFICIAL, hygiene=False, ssim=True),
+                                 "run-g")
+    (split_row,) = result.splits
+    assert split_row.ssim is not None and 0 < split_row.ssim < 1 and split_row.ssim_y is not None
+    assert all(s.ssim is not None for s in result.samples if s.repeat == 0)
