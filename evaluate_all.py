@@ -14,8 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from esr_eval.cli import add_run_args, print_run_summary
-from esr_eval.manifest import discover_all, select
+from esr_eval.cli import add_run_args, prepare_run, print_run_summary
 
 HERE = Path(__file__).resolve().parent
 
@@ -68,20 +67,12 @@ def connect(address: str | None, num_cpus: int | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from esr_eval.driver import DriverOptions, apply_ray_env, run_distributed
-    from esr_eval.evaluate import EvaluationConfig
-    from esr_eval.run import RunFolder, new_run_id, resolve_splits, run_metadata
+    from esr_eval.run import RunFolder, new_run_id, run_metadata
     from esr_eval.scheduling import expected_seconds
-    from esr_eval.timing import get_protocol
 
     apply_ray_env()
-    subs, errors = discover_all(args.manifests or args.root / "model_zoo", args.root)
-    if args.ids:
-        errors = [e for e in errors if e.submission_id in args.ids]
-        subs = select(subs, [i for i in args.ids if i not in {e.submission_id for e in errors}])
-    splits = resolve_splits(args.data, args.split, args.pair)
-    protocol = get_protocol(args.protocol, args.repeats, args.warmup)
-    config = EvaluationConfig(protocol=protocol, device=args.device, torch_threads=args.threads,
-                              hygiene=not args.no_hygiene, ssim=args.ssim)
+    subs, errors, splits, config = prepare_run(args)
+    protocol = config.protocol
     folder = RunFolder.create(args.results, args.run_id or new_run_id())
     folder.lock()
     try:

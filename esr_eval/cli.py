@@ -22,7 +22,7 @@ def _add_submission_args(parser: argparse.ArgumentParser) -> None:
                         help="folder searched recursively for manifests (default: <root>/model_zoo)")
 
 
-def _submissions(args) -> tuple[list[Submission], list[SubmissionError]]:
+def selected_submissions(args) -> tuple[list[Submission], list[SubmissionError]]:
     """Selected valid submissions, and the selected manifests that failed validation."""
     manifests = args.manifests if args.manifests is not None else args.root / "model_zoo"
     subs, errors = discover_all(manifests, args.root)
@@ -53,7 +53,7 @@ def _print_table(headers: list[str], rows: list[list[str]]) -> None:
 
 
 def cmd_ls(args) -> int:
-    subs, errors = _submissions(args)
+    subs, errors = selected_submissions(args)
     rows = [[s.submission_id, s.team_id, s.name, s.model.class_name, str(s.data_range),
              "none" if s.checkpoint is None else s.checkpoint.path] for s in subs]
     rows += [[e.submission_id, "", "", "INVALID", "", ""] for e in errors]
@@ -71,7 +71,7 @@ def cmd_summary(args) -> int:
     from esr_eval.complexity import measure_complexity
     from esr_eval.loading import load_submission
 
-    subs, manifest_errors = _submissions(args)
+    subs, manifest_errors = selected_submissions(args)
     rows = [[e.submission_id, "ERROR"] + [""] * 6 for e in manifest_errors]
     errors = [str(e) for e in manifest_errors]
     for sub in subs:
@@ -128,16 +128,26 @@ def print_run_summary(run_dir: Path) -> None:
     print(f"\nresults: {run_dir}  (pd.read_parquet('{run_dir}/submissions'), …/splits, …/samples)")
 
 
-def cmd_evaluate(args) -> int:
-    from esr_eval.evaluate import EvaluationConfig, evaluate_submission, manifest_failure
-    from esr_eval.run import RunFolder, fingerprint, new_run_id, resolve_splits, run_metadata
+def prepare_run(args):
+    """(submissions, manifest errors, splits, evaluation config) of a run, all validated before any model runs."""
+    from esr_eval.evaluate import EvaluationConfig
+    from esr_eval.run import resolve_splits
     from esr_eval.timing import get_protocol
 
-    subs, manifest_errors = _submissions(args)
+    subs, manifest_errors = selected_submissions(args)
     splits = resolve_splits(args.data, args.split, args.pair)
     protocol = get_protocol(args.protocol, args.repeats, args.warmup)
     config = EvaluationConfig(protocol=protocol, device=args.device, torch_threads=args.threads,
                               hygiene=not args.no_hygiene, ssim=args.ssim)
+    return subs, manifest_errors, splits, config
+
+
+def cmd_evaluate(args) -> int:
+    from esr_eval.evaluate import evaluate_submission, manifest_failure
+    from esr_eval.run import RunFolder, fingerprint, new_run_id, run_metadata
+
+    subs, manifest_errors, splits, config = prepare_run(args)
+    protocol = config.protocol
     folder = RunFolder.create(args.results, args.run_id or new_run_id())
     folder.lock()
     failed = len(manifest_errors)
