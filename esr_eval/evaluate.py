@@ -78,8 +78,9 @@ def _score_split(run_id: str, sub: Submission, split: Split, timed, hr_images, l
         sr, hr = timed.outputs[index], hr_images[index]
         if sr.shape != hr.shape:
             raise EvaluationError("quality", f"{split.name}/{pair.name}: output {sr.shape[1]}x{sr.shape[0]} is not "
-                                             f"{sub.scale}x the input (expected {hr.shape[1]}x{hr.shape[0]}); "
-                                             "check `scale` and the adapter (pad_to_multiple crops back)")
+                                             f"{sub.scale}x the input (expected {hr.shape[1]}x{hr.shape[0]}). "
+                                             "Fix: check `scale` in the manifest, or declare adapter.pad_to_multiple "
+                                             "if the model needs a multiple (the output is cropped back)")
         quality = score(sr, hr, sub.scale, with_ssim=config.ssim)
         per_image.append(quality)
         for repeat in range(timed.latency_ms.shape[0]):
@@ -110,8 +111,8 @@ def _score_split(run_id: str, sub: Submission, split: Split, timed, hr_images, l
 def _to_uint8_checked(adapter: ForwardAdapter):
     def convert(sr: torch.Tensor) -> np.ndarray:
         if not bool(torch.isfinite(sr).all()):
-            raise EvaluationError("inference", "the output contains NaN or Inf; the network is numerically "
-                                               "unstable on this input (check data_range and the weights)")
+            raise EvaluationError("inference", "the output contains NaN or Inf. Fix: check the declared "
+                                               "data_range and the weights; the network is unstable on this input")
         return adapter.to_uint8(sr)
     return convert
 
@@ -158,6 +159,14 @@ def _hygiene_fields(adapter, device) -> dict:
         hygiene_data_range_flag=report.data_range_flag, hygiene_flags=",".join(report.flags))
 
 
+_STAGE_FIXES = {
+    "load": "make the model load as declared in its manifest",
+    "inference": "fix the model's forward for 1x3xHxW inputs of any size (or declare adapter.pad_to_multiple)",
+    "complexity": "make the forward traceable on a 1x3x256x256 input (fvcore uses torch.jit.trace)",
+    "hygiene": "make repeated calls on the same input valid (no state kept between calls)",
+}
+
+
 def _describe_failure(submission_id: str, stage: str, exc: BaseException) -> tuple[str, str]:
     """(stage, message) for an exception raised while evaluating a submission."""
     if isinstance(exc, SubmissionError):
@@ -167,7 +176,8 @@ def _describe_failure(submission_id: str, stage: str, exc: BaseException) -> tup
     if isinstance(exc, torch.OutOfMemoryError):
         return stage, (f"[{submission_id}] out of memory during {stage}: {exc}. Fix: declare an adapter tile "
                        "(adapter.tile) or reduce the model's memory use")
-    return stage, f"[{submission_id}] {stage} raised {type(exc).__name__}: {exc}"
+    return stage, (f"[{submission_id}] {stage} raised {type(exc).__name__}: {exc}. Fix: {_STAGE_FIXES[stage]} "
+                   f"(the traceback column shows where; `esr-eval check {submission_id}` reproduces it)")
 
 
 def _prepare_device(config: EvaluationConfig) -> torch.device:

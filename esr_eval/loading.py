@@ -151,6 +151,13 @@ def construct_model(sub: Submission, device: torch.device) -> tuple[nn.Module, i
     return model, redirects[0]
 
 
+def _unpickler_reason(exc: pickle.UnpicklingError) -> str:
+    """The line of torch's refusal that names what the file wanted to run (e.g. 'Unsupported global: …')."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    named = [line for line in lines if "Unsupported global" in line or "WeightsUnpickler" in line]
+    return (named or lines or ["weights_only load failed"])[0]
+
+
 def read_checkpoint(sub: Submission) -> tuple[Any, str, bool]:
     """Verify and safely unpickle the checkpoint; returns (object, sha256, full_unpickle_used)."""
     spec, path = sub.checkpoint, sub.checkpoint_path
@@ -170,7 +177,7 @@ def read_checkpoint(sub: Submission) -> tuple[Any, str, bool]:
             raise SubmissionError(
                 sid, "checkpoint.trusted_pickle",
                 f"{path.name} needs full unpickling, which could run arbitrary code; refused "
-                f"({str(exc).splitlines()[-1] if str(exc) else 'weights_only load failed'})",
+                f"({_unpickler_reason(exc)})",
                 "ask the team for a plain state dict (torch.save(model.state_dict(), path)), or, after reviewing "
                 "the file, set `checkpoint.trusted_pickle: true` (recorded in every result row)",
                 stage="checkpoint") from exc

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -184,12 +185,21 @@ def _read_mapping(path: Path) -> dict:
     return data
 
 
+def _inside_root(sid: str, field_name: str, relative: str) -> str:
+    """Manifest paths stay under the submissions root: no absolute paths, no '..' out of it."""
+    normal = os.path.normpath(relative)
+    if os.path.isabs(relative) or normal == ".." or normal.startswith(".." + os.sep):
+        raise SubmissionError(sid, field_name, f"{relative} points outside the submissions root",
+                              "give a path relative to --root without '..' (manifests are untrusted input)")
+    return relative
+
+
 def _parse_model(sid: str, root: Path, raw: Any, check_files: bool) -> ModelSpec:
     if not isinstance(raw, dict):
         raise SubmissionError(sid, "model", "must be a mapping with `file` and `class`",
                               "write `model: {file: models/teamNN_Name.py, class: ClassName}`")
     _check_keys(sid, "model.", raw, _MODEL_KEYS)
-    file = str(_require(sid, raw, "file", "model."))
+    file = _inside_root(sid, "model.file", str(_require(sid, raw, "file", "model.")))
     class_name = str(_require(sid, raw, "class", "model."))
     args = raw.get("args") or []
     kwargs = raw.get("kwargs") or {}
@@ -212,7 +222,7 @@ def _parse_checkpoint(sid: str, root: Path, raw: Any, check_files: bool) -> Chec
         raise SubmissionError(sid, "checkpoint", "must be a mapping with at least `path`",
                               "write `checkpoint: {path: model_zoo/teamNN_name.pth}` or omit it for a parameter-free model")
     _check_keys(sid, "checkpoint.", raw, _CHECKPOINT_KEYS)
-    path = str(_require(sid, raw, "path", "checkpoint."))
+    path = _inside_root(sid, "checkpoint.path", str(_require(sid, raw, "path", "checkpoint.")))
     if check_files and not (root / path).is_file():
         raise SubmissionError(sid, "checkpoint.path", f"{path} not found under {root}",
                               "put the checkpoint there or correct the path (relative to --root)")

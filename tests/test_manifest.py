@@ -130,3 +130,14 @@ def test_duplicate_ids_refused(factory, tmp_path):
     (factory.manifests / "sub" / "team10_Tiny.yaml").write_text((factory.manifests / "team10_Tiny.yaml").read_text())
     with pytest.raises(SubmissionError, match="two manifests share this id"):
         discover(factory.manifests, factory.root)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("model", {"file": "../outside.py", "class": "TinySR"}),
+    ("model", {"file": "/etc/passwd", "class": "TinySR"}),
+    ("checkpoint", {"path": "model_zoo/../../secret.pth"}),
+])
+def test_paths_must_stay_under_the_root(factory, field, value):
+    path = _rewrite(factory.make(), **{field: value})
+    with pytest.raises(SubmissionError, match="points outside the submissions root"):
+        parse_manifest(path, factory.root)

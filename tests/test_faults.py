@@ -1,0 +1,202 @@
+"""The fault matrix in-process (docs/FAULTS.md): each broken fixture gives the right row, and the
+control evaluated beside it keeps complete rows; run-level faults (corrupt split, a second driver,
+a killed driver) lose nothing. Hangs and hard crashes need a process per submission: see
+tests/test_faults_ray.py and tests/test_check.py."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+import evaluate_all
+from esr_eval.cli import main
+from esr_eval.data import SplitError, embedded_split
+from esr_eval.run import LOCK_NAME, RunFolder, RunLockedError
+from tests.conftest import REPO_ROOT
+
+BROKEN = REPO_ROOT / "tests" / "fixtures" / "broken"
+CONTROL = "team39_Control"
+PICKLE_MARKER = "ESR_EVAL_PICKLE_PAYLOAD_RAN"
+IN_PROCESS_FAULTS = [
+    # submission id, status, error_stage, text in the error (a hygiene flag for status ok), the fix it names
+    ("team40_ImportError", "error", "import", "No module named 'esr_eval_fixture_missing_pkg'",
+     "Fix: install 'esr_eval_fixture_missing_pkg'"),
+    ("team41_MissingCheckpoint", "error", "manifest",
+     "checkpoint.path: model_zoo/team41_MissingCheckpoint.pth not found", "Fix: put the checkpoint there"),
+    ("team42_WrongKeys", "error", "checkpoint", "unexpected keys: module.head.weight", "Fix: fix `checkpoint.key`"),
+    ("team43_WrongShapes", "error", "checkpoint", "shape mismatch at head.weight", "Fix: the constructor arguments"),
+    ("team44_ForwardRaises", "error", "inference",
+     "inference raised RuntimeError: shape '[1, 3, 256, 256]' is invalid", "Fix: fix the model's forward"),
+    ("team45_WrongOutputShape", "error", "quality", "output 252x252 is not 4x the input",
+     "Fix: check `scale` in the manifest"),
+    ("team46_NaNOutput", "error", "inference", "the output contains NaN or Inf",
+     "Fix: check the declared data_range and the weights"),
+    ("team47_MutatesInput", "ok", None, "input_mutated", None),
+    ("team50_CudaOOM", "error", "inference", "out of memory during inference", "Fix: declare an adapter tile"),
+    ("team51_PickleRunsCode", "error", "checkpoint", "needs full unpickling, which could run arbitrary code; refused",
+     "Fix: ask the team for a plain state dict"),
+    ("team52_TruncatedCheckpoint", "error", "checkpoint", "it looks truncated or corrupt",
+     "Fix: re-download or re-save"),
+    ("team53_WrongDataRange", "ok", None, "data_range", None),
+]
+EVALUATE = ["--protocol", "official"]
+
+
+def _tables(run_dir):
+    return {table: pd.read_parquet(run_dir / table) for table in ("submissions", "splits", "samples")}
+
+
+def assert_complete(tables, sid: str, images: int) -> None:
+    """The submission's rows are all there: ok, complexity, one split row, one sample per image."""
+    row = tables["submissions"].set_index("submission_id").loc[sid]
+    assert row["status"] == "ok" and pd.isna(row["error"]), row["error"]
+    assert row["params"] > 0 and row["flops_fvcore"] > 0 and row["fingerprint"]
+    splits = tables["splits"].query("submission_id == @sid")
+    assert len(splits) == 1 and (splits["psnr_db"] > 0).all() and (splits["runtime_ms"] > 0).all()
+    assert len(tables["samples"].query("submission_id == @sid")) == images
+
+
+@pytest.fixture(scope="module")
+def fault_run(tmp_path_factory):
+    """One `esr-eval evaluate` over the control and every fault that cannot end the process."""
+    workdir = tmp_path_factory.mktemp("faults")
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)  # where the pickle payload would leave its marker
+        with contextlib.redirect_stdout(out):
+            code = main(["evaluate", "--root", str(BROKEN), CONTROL, *[case[0] for case in IN_PROCESS_FAULTS],
+                         "--results", str(workdir / "results"), "--run-id", "faults", *EVALUATE])
+    return code, out.getvalue(), _tables(workdir / "results" / "faults"), workdir
+
+
+def test_every_submission_has_exactly_one_row(fault_run):
+    code, _, tables, _ = fault_run
+    assert code == 1
+    ids = tables["submissions"]["submission_id"]
+    assert sorted(ids) == sorted([CONTROL] + [case[0] for case in IN_PROCESS_FAULTS]) and ids.is_unique
+
+
+@pytest.mark.parametrize("sid, status, stage, text, fix", IN_PROCESS_FAULTS, ids=[c[0] for c in IN_PROCESS_FAULTS])
+def test_fault_in_process(fault_run, sid, status, stage, text, fix):
+    _, printed, tables, workdir = fault_run
+    row = tables["submissions"].set_index("submission_id").loc[sid]
+    assert row["status"] == status
+    if status == "ok":
+        assert text in row["hygiene_flags"].split(",")
+    else:
+        assert row["error_stage"] == stage and text in row["error"] and (fix is None or fix in row["error"])
+        assert f"[{sid}]" in row["error"] and f"{sid}: error" in printed
+        assert stage == "manifest" or "Traceback" in row["traceback"]
+    assert not (workdir / PICKLE_MARKER).exists()
+    assert_complete(tables, CONTROL, images=len(embedded_split().pairs))
+
+
+def _truncate(path) -> str:
+    path.write_bytes(path.read_bytes()[:100])
+    return "cannot read image"
+
+
+def _decompression_bomb(path) -> str:
+    Image.new("1", (14_000, 14_000)).save(path)  # a 24 kB PNG that would decode to 196 M pixels
+    return "decompression bomb"
+
+
+@pytest.mark.parametrize("spoil", [_truncate, _decompression_bomb], ids=["truncated", "decompression_bomb"])
+def test_corrupt_image_in_a_split_stops_the_run_before_any_model(tmp_path, capsys, spoil):
+    """An HR/LR folder pair copied from the embedded split with one file spoilt."""
+    split = embedded_split()
+    hr_dir, lr_dir = tmp_path / "corrupt_HR", tmp_path / "corrupt_LR"
+    hr_dir.mkdir()
+    lr_dir.mkdir()
+    for pair in split.pairs:
+        (hr_dir / pair.hr_path.name).write_bytes(pair.hr_path.read_bytes())
+        (lr_dir / pair.lr_path.name).write_bytes(pair.lr_path.read_bytes())
+    bad = lr_dir / split.pairs[1].lr_path.name
+    reason = spoil(bad)
+    results = tmp_path / "results"
+    args = ["--root", str(BROKEN), CONTROL, "--pair", "corrupt", str(hr_dir), str(lr_dir),
+            "--results", str(results), "--run-id", "corrupt"]
+    assert main(["evaluate", *args, *EVALUATE]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and reason in err and "valid 8-bit PNG" in err
+    with pytest.raises(SplitError, match=bad.name):
+        evaluate_all.main([*args, "--no-progress"])  # the Ray entry point refuses before connecting
+    assert not (results / "corrupt").exists()
+
+
+def test_second_driver_on_the_same_run_id_refuses(tmp_path, capsys):
+    args = ["evaluate", "--root", str(BROKEN), CONTROL, "--results", str(tmp_path), "--run-id", "shared", *EVALUATE]
+    assert main(args) == 0
+    before = _tables(tmp_path / "shared")
+    holder = RunFolder.create(tmp_path, "shared")
+    holder.lock()  # a live driver (this process) holds the run
+    try:
+        capsys.readouterr()
+        assert main(args[:4] + ["team47_MutatesInput"] + args[4:]) == 2
+        assert "being written by another driver" in capsys.readouterr().err
+        with pytest.raises(RunLockedError, match=f"pid {os.getpid()}"):
+            evaluate_all.main(args[1:] + ["--no-progress"])
+    finally:
+        holder.unlock()
+    after = _tables(tmp_path / "shared")
+    pd.testing.assert_frame_equal(before["submissions"], after["submissions"])
+    assert_complete(after, CONTROL, images=len(embedded_split().pairs))
+
+
+def slow_submissions(factory, count: int, sleep_s: float) -> list[str]:
+    ids = [f"team2{i}_Slow" for i in range(count)]
+    for i, sid in enumerate(ids):
+        factory.make(sid, team_id=f"2{i}", model_source={
+            "prelude": "import time\n",
+            "forward_body": f"time.sleep({sleep_s}); return self.shuffle(self.tail(torch.relu(self.head(x))))"})
+    return ids
+
+
+def _finished(run_dir) -> list[str]:
+    return sorted(p.stem for p in (run_dir / "submissions").glob("*.parquet")) if run_dir.is_dir() else []
+
+
+def test_driver_killed_mid_run_then_resumed(factory, tmp_path, capsys):
+    ids = slow_submissions(factory, count=3, sleep_s=0.2)
+    run_dir = tmp_path / "results" / "killed"
+    args = ["evaluate", "--root", str(factory.root), "--manifests", str(factory.manifests),
+            "--results", str(tmp_path / "results"), "--run-id", "killed", "--no-hygiene", *EVALUATE]
+    driver = subprocess.Popen([sys.executable, "-m", "esr_eval.cli", *args], cwd=REPO_ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not _finished(run_dir) and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        driver.send_signal(signal.SIGKILL)
+    finally:
+        driver.wait()
+    done = _finished(run_dir)
+    assert 1 <= len(done) < len(ids), "the driver must be killed with some, not all, submissions finished"
+    images = len(embedded_split().pairs)
+    killed = _tables(run_dir)
+    assert sorted(killed["submissions"]["submission_id"]) == done
+    for sid in done:
+        assert_complete(killed, sid, images)
+    lock = json.loads((run_dir / LOCK_NAME).read_text())
+    assert lock["pid"] == driver.pid  # left behind by the killed driver: stale
+
+    assert main(args) == 0  # takes the stale lock over and resumes
+    printed = capsys.readouterr().out
+    resumed = _tables(run_dir)
+    assert sorted(resumed["submissions"]["submission_id"]) == sorted(ids)
+    for sid in ids:
+        assert_complete(resumed, sid, images)
+        assert (f"{sid}: already complete in this run, skipped" in printed) == (sid in done)
+    started = resumed["submissions"].set_index("submission_id")["started_at_unix_s"]
+    assert (started[done] == killed["submissions"].set_index("submission_id")["started_at_unix_s"][done]).all()
+    assert not (run_dir / LOCK_NAME).exists()
