@@ -290,14 +290,14 @@ def bench_models(kinds: list[str], widths: list[int], depth: int, seed: int, wor
         else:
             weights = (f"random (torch.manual_seed({seed})): {shipped.checkpoint.path} is absent; "
                        "runtime does not depend on weight values")
-            spec = {"file": str(shipped.model_path), "class": shipped.model.class_name,
+            spec = {"file": shipped.model.file, "class": shipped.model.class_name,
                     "args": list(shipped.model.args), "kwargs": dict(shipped.model.kwargs)}
             path = _write_manifest(work / "bench00_RLFN_random.yaml", shipped.team_id, "RLFN", spec, weights)
             models.append(BenchModel("RLFN", path, weights))
     if "conv" in kinds:
         for index, width in enumerate(widths):
             label = f"PlainConv-w{width}-d{depth}"
-            spec = {"file": str(Path(__file__).resolve()), "class": "PlainConvNet",
+            spec = {"file": str(Path(__file__).resolve().relative_to(REPO_ROOT)), "class": "PlainConvNet",
                     "kwargs": {"width": width, "depth": depth, "upscale": SCALE}}
             weights = f"random (torch.manual_seed({seed}))"
             path = _write_manifest(work / f"bench{90 + index}_{label.replace('-', '_')}.yaml", f"{90 + index}",
