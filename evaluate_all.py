@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from esr_eval.cli import add_run_args, prepare_run, print_run_summary
+from esr_eval.cli import add_run_args, prepare_run, print_rankings, print_run_summary, ranking_protocol
 
 HERE = Path(__file__).resolve().parent
 
@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--allow-mixed-gpus", action="store_true", help="allow different GPU models (recorded)")
     parser.add_argument("--gpu-model", default=None, help="pin a GPU model (Ray accelerator_type, e.g. A100)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--rank", default="auto",
+                        help="ranking protocol for the closing ranking and report (default auto: demo for the "
+                             "embedded split, else ntire2026); 'none' skips them")
     args = parser.parse_args(argv)
     args.root = args.root or default_root()
     if args.results == Path("results"):
@@ -62,6 +65,18 @@ def connect(address: str | None, num_cpus: int | None) -> str:
     except ConnectionError:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
         return "local"
+
+
+def rank_and_report(run_dir: Path, protocol_name: str) -> None:
+    """Write rankings and the report of the finished run, and print the main ranking."""
+    from esr_eval.ranking import rank_run
+    from esr_eval.report import write_report
+
+    protocol = ranking_protocol(run_dir, protocol_name)
+    print()
+    print_rankings(rank_run(run_dir, protocol), protocol)
+    paths = write_report(run_dir, protocol)
+    print(f"\nrankings: {run_dir / 'rankings'}\nreport: {paths.html} (and {paths.markdown.name})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         folder.unlock()
     print_run_summary(folder.path)
+    if args.rank != "none":
+        rank_and_report(folder.path, args.rank)
     return 0 if all(s == "ok" for s in summary.statuses.values()) else 1
 
 

@@ -183,28 +183,28 @@ def cmd_import_ntire(args) -> int:
     return 0 if report.translated else 1
 
 
-def _ranking_protocol(args):
+def ranking_protocol(run_dir: Path, name: str = "auto", valid_split: str | None = None,
+                     test_split: str | None = None, resamples: int | None = None):
     """The protocol asked for; ``auto`` = demo for the embedded split, else the latest NTIRE rules."""
     from esr_eval.protocols import load_protocol
     from esr_eval.records import read_table
 
-    name = args.protocol
     if name == "auto":
-        splits = set(read_table(args.run, "splits")["split"])
+        splits = set(read_table(run_dir, "splits")["split"])
         name = "demo" if splits <= {"embedded"} else "ntire2026"
     protocol = load_protocol(name)
-    if args.valid_split or args.test_split:
-        protocol = protocol.with_splits(valid=args.valid_split, test=args.test_split)
-    if args.resamples:
-        protocol = protocol.with_resamples(args.resamples)
+    if valid_split or test_split:
+        protocol = protocol.with_splits(valid=valid_split, test=test_split)
+    if resamples:
+        protocol = protocol.with_resamples(resamples)
     return protocol
 
 
-def cmd_rank(args) -> int:
-    from esr_eval.ranking import rank_run
+def _ranking_protocol(args):
+    return ranking_protocol(args.run, args.protocol, args.valid_split, args.test_split, args.resamples)
 
-    protocol = _ranking_protocol(args)
-    rankings = rank_run(args.run, protocol)
+
+def print_rankings(rankings, protocol) -> None:
     main = protocol.main_track
     columns = [c for c in ["submission_id", "role", "gate_pass", f"score_{main}", f"rank_{main}",
                            f"rank_{main}_ci_low", f"rank_{main}_ci_high", f"tied_with_{main}", "excluded_reason"]
@@ -212,6 +212,13 @@ def cmd_rank(args) -> int:
     print(f"protocol {protocol.name}: {protocol.description}")
     with __import__("pandas").option_context("display.width", 220, "display.max_colwidth", 70):
         print(rankings[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+
+
+def cmd_rank(args) -> int:
+    from esr_eval.ranking import rank_run
+
+    protocol = _ranking_protocol(args)
+    print_rankings(rank_run(args.run, protocol), protocol)
     print(f"\nwritten: {args.run / 'rankings'}")
     return 0
 

@@ -309,10 +309,13 @@ def _plot_scores(rankings: pd.DataFrame, protocol: RankingProtocol, track_name: 
     if len(baseline):
         axes.axvline(baseline.iloc[0], color="#d69e2e", ls="--", lw=1.2, label=f"baseline {baseline.iloc[0]:.4g}")
         axes.legend(fontsize=8, loc="lower right")
-    if track.formula == "exp_ratio":
+    log_scale = track.formula == "exp_ratio" and len(ranked) > 0
+    if log_scale:
         axes.set_xscale("log")
         _plain_log_ticks(axes.xaxis)
-    scale = ", log scale" if track.formula == "exp_ratio" else ""
+    if not len(ranked):
+        axes.text(0.5, 0.5, "no ranked entry", ha="center", va="center", transform=axes.transAxes)
+    scale = ", log scale" if log_scale else ""
     axes.set_xlabel(f"score ({track.formula}, lower is better{scale})")
     axes.set_title(track.title)
     axes.grid(True, axis="x", which="both", alpha=0.25)

@@ -109,3 +109,19 @@ def test_report_renders_in_headless_chromium(report, tmp_path: Path) -> None:
         assert image.size == (1400, 2000)
         pixels = np.asarray(image.convert("L"))
     assert pixels.std() > 20, "screenshot is blank"
+
+
+def test_report_of_a_run_with_no_ranked_entry(tmp_path):
+    """A run holding only the bicubic reference still gets a report (empty score plots)."""
+    from esr_eval.records import SplitRow, SubmissionRow, write_rows
+
+    write_rows(tmp_path, "submissions", [SubmissionRow(run_id="r", submission_id="team99_Bicubic", team_id="99",
+                                                       name="Bicubic", status="ok", params=0, flops_fvcore=0,
+                                                       activations=0, num_conv=0)], "team99_Bicubic")
+    write_rows(tmp_path, "splits", [SplitRow(run_id="r", submission_id="team99_Bicubic", split="embedded",
+                                             num_images=5, dataset_sha256="x", psnr_db=25.9, ssim=None,
+                                             psnr_y_db=27.0, ssim_y=None, runtime_ms=1.0, runtime_mean_ms=1.0,
+                                             runtime_median_ms=1.0, runtime_p90_ms=1.2, runtime_n=5,
+                                             wall_mean_ms=1.0, warmup_calls=0, repeats=1)], "team99_Bicubic")
+    paths = write_report(tmp_path, "demo")
+    assert paths.html.is_file() and "Bicubic" in paths.markdown.read_text()
