@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import html
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +173,30 @@ def _excluded_table(rankings: pd.DataFrame) -> _Table:
     return _Table(("Team", "Method", "Status", "Role", "Reason"), rows, classes, frozenset({0, 1, 2, 3, 4}))
 
 
+def _value(row: pd.Series, column: str) -> Any:
+    """The cell, or None when the column is absent or null."""
+    return row[column] if column in row and pd.notna(row[column]) else None
+
+
+def _flags_table(submissions: pd.DataFrame) -> _Table:
+    """Submissions an organiser should look at: hygiene findings, FLOP-audit flags, declared exceptions."""
+    rows = []
+    for _, sub in submissions.sort_values("submission_id").iterrows():
+        get = functools.partial(_value, sub)
+        findings = [flag for flag in (get("hygiene_flags") or "").split(",") if flag]
+        if get("flops_audit_flag"):
+            findings.append(f"FLOP audit: independent count / fvcore = {get('flops_audit_ratio') or float('nan'):.3f}")
+        if get("strict") is False:
+            findings.append("loaded with strict=False (declared)")
+        if get("trusted_pickle"):
+            findings.append("checkpoint fully unpickled (trusted_pickle declared)")
+        if get("hygiene_cache_detail"):
+            findings.append(str(get("hygiene_cache_detail")))
+        if findings:
+            rows.append((str(sub["submission_id"]), "; ".join(findings)))
+    return _Table(("Submission", "Findings"), tuple(rows), ("",) * len(rows), frozenset({0, 1}))
+
+
 def _flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
     if isinstance(value, dict):
         return [item for key, inner in value.items() for item in _flatten(inner, f"{prefix}{key}.")]
@@ -248,6 +273,9 @@ def _plot_psnr_vs_runtime(rankings: pd.DataFrame, protocol: RankingProtocol, pat
         gate_db = gate.threshold_db if gate is not None else np.nan
         core = present & (ranked | (role_of == "baseline"))
         core = core if core.any() else present
+        if not core.any():
+            axes.text(0.5, 0.5, "no measured entry", ha="center", va="center", transform=axes.transAxes)
+            continue
         (x_lo, x_hi), (y_lo, y_hi) = _focus_limits(runtime_ms, psnr_db, core, present, gate_db)
         inside = present & (runtime_ms >= x_lo) & (runtime_ms <= x_hi) & (psnr_db >= y_lo) & (psnr_db <= y_hi)
         groups = (
@@ -339,7 +367,8 @@ def _rules_note(rankings: pd.DataFrame, protocol: RankingProtocol) -> str:
 
 
 def _sections(
-    rankings: pd.DataFrame, run_info: dict, protocol: RankingProtocol, plots: dict[str, Path]
+    rankings: pd.DataFrame, run_info: dict, protocol: RankingProtocol, plots: dict[str, Path],
+    submissions: pd.DataFrame,
 ) -> list[_Section]:
     level = f"{protocol.confidence.level:.0%}"
     sections = [
@@ -358,6 +387,12 @@ def _sections(
         sections.append(_Section(track.title, note, table, plots[f"scores_{track.name}"]))
     sections.append(_Section("Not ranked", "Every submission of the run appears above; these are not ranked, and why.",
                              _excluded_table(rankings)))
+    flags = _flags_table(submissions)
+    sections.append(_Section(
+        "Flags for the organiser",
+        "Hygiene findings, FLOP-audit flags and declared loading exceptions; they do not change the ranking."
+        if flags.rows else "No hygiene finding, FLOP-audit flag or declared loading exception.",
+        flags if flags.rows else None))
     sections.append(_Section("Provenance", "", _provenance_table(dict(run_info), protocol)))
     return sections
 
@@ -434,7 +469,7 @@ def write_report(
         _plot_scores(rankings, protocol, track.name, plots[f"scores_{track.name}"])
     run_id = tables.run_info.get("run_id", run_dir.name)
     title = f"{protocol.name} results — run {run_id}"
-    sections = _sections(rankings, tables.run_info, protocol, plots)
+    sections = _sections(rankings, tables.run_info, protocol, plots, tables.submissions)
     paths = ReportPaths(out_dir / "report.html", out_dir / "report.md", tuple(plots.values()))
     paths.html.write_text(_render_html(title, sections), encoding="utf-8")
     paths.markdown.write_text(_render_markdown(title, sections), encoding="utf-8")

@@ -125,3 +125,20 @@ def test_report_of_a_run_with_no_ranked_entry(tmp_path):
                                              wall_mean_ms=1.0, warmup_calls=0, repeats=1)], "team99_Bicubic")
     paths = write_report(tmp_path, "demo")
     assert paths.html.is_file() and "Bicubic" in paths.markdown.read_text()
+
+
+def test_flags_for_the_organiser_are_listed(tmp_path):
+    from esr_eval.records import SubmissionRow, write_rows
+
+    rows = [SubmissionRow(run_id="r", submission_id="team10_A", team_id="10", name="A", status="ok",
+                          hygiene_flags="input_mutated,data_range", strict=False),
+            SubmissionRow(run_id="r", submission_id="team11_B", team_id="11", name="B", status="ok",
+                          hygiene_flags="", flops_audit_flag=True, flops_audit_ratio=2.5),
+            SubmissionRow(run_id="r", submission_id="team12_C", team_id="12", name="C", status="ok", hygiene_flags="")]
+    for row in rows:
+        write_rows(tmp_path, "submissions", [row], row.submission_id)
+    text = write_report(tmp_path, "demo").markdown.read_text()
+    section = text.split("Flags for the organiser", 1)[1]
+    assert "input_mutated; data_range; loaded with strict=False" in section
+    assert "FLOP audit: independent count / fvcore = 2.500" in section
+    assert "team12_C" not in section.split("Provenance", 1)[0]
