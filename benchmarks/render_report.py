@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from esr_eval.cli import ranking_protocol  # noqa: E402
 from esr_eval.report import write_report  # noqa: E402
 from esr_eval.synthetic import write_synthetic_run  # noqa: E402
 
@@ -51,12 +52,13 @@ def render_html(html_path: str | Path, png_path: str | Path, window_px: tuple[in
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="run folder (default: a fresh synthetic 43-submission run)")
-    parser.add_argument("--protocol", default="ntire2024", help="protocol name or YAML path (default ntire2024)")
+    parser.add_argument("--protocol", default="auto",
+                        help="protocol name or YAML path (default auto: demo for the embedded split, else ntire2026)")
     parser.add_argument("--out", type=Path, help="screenshot path (default <run>/report/screenshot.png)")
     parser.add_argument("--height", type=int, default=2000, help="window height in px (default 2000)")
     args = parser.parse_args(argv)
     run_dir = args.run or write_synthetic_run(Path(tempfile.mkdtemp(prefix="esr-synthetic-")) / "synthetic-43")
-    paths = write_report(run_dir, args.protocol)
+    paths = write_report(run_dir, ranking_protocol(run_dir, args.protocol))
     screenshot = render_html(paths.html, args.out or paths.html.parent / "screenshot.png", (1400, args.height))
     print(f"report: {paths.html}\nscreenshot: {screenshot}")
     return 0

@@ -208,7 +208,7 @@ def run_distributed(subs: list[Submission], manifest_errors: list[SubmissionErro
                         "for hangs, or raise --timeout if it is merely slow")))
             slots = max(1, _slots(options)[1]) if running or queue else slots
             failed = sum(s != "ok" for s in statuses.values())
-            bar.set_postfix(done=len(written) - failed, failed=failed, running=len(running))
+            bar.set_postfix(done=len(written) - failed, failed=failed, running=len(running), refresh=False)
     finally:
         bar.close()
     return DriverSummary(written=tuple(written), skipped=skipped, statuses=statuses, scheduling=scheduling,
