@@ -171,12 +171,13 @@ def run_metadata(run_id: str, protocol, splits: list[Split], submissions: list[S
 
 
 def summary_frame(run_dir: Path):
-    """One line per submission and split: status, PSNR, runtime, params, FLOPs (for printing)."""
+    """One line per submission and split: status, PSNR, runtime, params, FLOPs, error (for printing)."""
     subs = read_table(run_dir, "submissions")
     splits = read_table(run_dir, "splits")
-    columns = ["submission_id", "status", "params", "flops_fvcore"]
-    merged = subs[columns + ["error"]].merge(
-        splits[["submission_id", "split", "psnr_db", "ssim", "runtime_ms", "runtime_p90_ms", "peak_mem_mb"]],
+    merged = subs[["submission_id", "status", "params", "flops_fvcore", "error"]].merge(
+        splits[["submission_id", "split", "psnr_db", "psnr_y_db", "runtime_ms", "runtime_p90_ms", "peak_mem_mb"]],
         on="submission_id", how="left")
-    merged["error"] = merged["error"].fillna("").str.slice(0, 80)
-    return merged.sort_values(["status", "submission_id"]).reset_index(drop=True)
+    merged["error"] = merged["error"].fillna("").str.slice(0, 100)
+    columns = ["submission_id", "status", "split", "psnr_db", "psnr_y_db", "runtime_ms", "runtime_p90_ms",
+               "peak_mem_mb", "params", "flops_fvcore", "error"]
+    return merged[columns].sort_values(["status", "submission_id"]).reset_index(drop=True)
