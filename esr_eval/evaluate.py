@@ -28,7 +28,7 @@ from esr_eval.hygiene import check_hygiene
 from esr_eval.loading import load_submission
 from esr_eval.manifest import Submission, SubmissionError
 from esr_eval.provenance import device_facts, facts_dict
-from esr_eval.quality import score
+from esr_eval.quality import NonFiniteOutputError, score, to_uint8
 from esr_eval.records import SampleRow, SplitRow, SubmissionRow
 from esr_eval.timing import DEFAULT, TimingProtocol, summarize, time_split
 
@@ -110,10 +110,12 @@ def _score_split(run_id: str, sub: Submission, split: Split, timed, hr_images, l
 
 def _to_uint8_checked(adapter: ForwardAdapter):
     def convert(sr: torch.Tensor) -> np.ndarray:
-        if not bool(torch.isfinite(sr).all()):
+        try:
+            return to_uint8(sr, adapter.data_range, reject_inf=True)
+        except NonFiniteOutputError as exc:
             raise EvaluationError("inference", "the output contains NaN or Inf. Fix: check the declared "
-                                               "data_range and the weights; the network is unstable on this input")
-        return adapter.to_uint8(sr)
+                                               "data_range and the weights; the network is unstable on this input"
+                                  ) from exc
     return convert
 
 

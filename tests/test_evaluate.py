@@ -70,7 +70,7 @@ def test_thread_count_is_fixed_and_recorded(split):
 @pytest.mark.parametrize("forward_body, stage, message", [
     ("raise RuntimeError('team bug')", "inference", "inference raised RuntimeError: team bug"),
     ("return self.shuffle(self.tail(self.head(x)))[..., :-4, :]", "quality", "is not 4x the input"),
-    ("return self.shuffle(self.tail(self.head(x))) * float('nan')", "inference", "NaN or Inf"),
+    ("return self.shuffle(self.tail(self.head(x))) * float('nan')", "inference", "contains NaN or Inf"),
     ("raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 20.00 GiB')", "inference",
      "out of memory during inference"),
 ])
