@@ -30,7 +30,8 @@ import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 from tqdm import tqdm
 
-from esr_eval.evaluate import EvaluationConfig, EvaluationResult, evaluate_submission, manifest_failure
+from esr_eval.evaluate import (EvaluationConfig, EvaluationResult, evaluate_submission, manifest_failure,
+                               manifest_fields)
 from esr_eval.manifest import Submission, SubmissionError
 from esr_eval.records import SubmissionRow
 from esr_eval.run import RunFolder, fingerprint
@@ -116,10 +117,8 @@ def _slots(options: DriverOptions) -> tuple[str, int]:
 
 
 def _failure_row(sub: Submission, run_id: str, status: str, message: str) -> SubmissionRow:
-    return SubmissionRow(run_id=run_id, submission_id=sub.submission_id, team_id=sub.team_id, name=sub.name,
-                         status=status, error=f"[{sub.submission_id}] {message}", error_stage="actor",
-                         strict=sub.strict, trusted_pickle=sub.trusted_pickle, data_range=sub.data_range,
-                         scale=sub.scale, adapter=sub.adapter.describe(), manifest_sha256=sub.manifest_sha256)
+    return SubmissionRow(run_id=run_id, status=status, error=f"[{sub.submission_id}] {message}", error_stage="actor",
+                         **manifest_fields(sub))
 
 
 @dataclass

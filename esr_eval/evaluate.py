@@ -61,7 +61,8 @@ class EvaluationError(Exception):
         super().__init__(message)
 
 
-def _manifest_fields(sub: Submission) -> dict:
+def manifest_fields(sub: Submission) -> dict:
+    """The columns of a submission row that come from its manifest alone."""
     return dict(submission_id=sub.submission_id, team_id=sub.team_id, name=sub.name,
                 strict=sub.strict, trusted_pickle=sub.trusted_pickle, data_range=sub.data_range,
                 scale=sub.scale, adapter=sub.adapter.describe(), manifest_sha256=sub.manifest_sha256)
@@ -197,7 +198,7 @@ def evaluate_submission(sub: Submission, splits: list[Split], config: Evaluation
     device = _prepare_device(config)
     started = time.time()
     facts = facts_dict(device_facts(device))
-    base = dict(run_id=run_id, **_manifest_fields(sub), timing_protocol=config.protocol.protocol_id,
+    base = dict(run_id=run_id, **manifest_fields(sub), timing_protocol=config.protocol.protocol_id,
                 runtime_statistic=config.protocol.headline, started_at_unix_s=started, **facts)
     stage, fields, split_rows, sample_rows = "load", {}, [], []
     try:
