@@ -7,7 +7,7 @@ import pytest
 
 from esr_eval.driver import DriverOptions, HomogeneityError, apply_ray_env, run_distributed
 from esr_eval.evaluate import EvaluationConfig
-from esr_eval.manifest import discover_all, parse_manifest
+from esr_eval.manifest import discover_all
 from esr_eval.run import RunFolder, new_run_id
 from esr_eval.data import embedded_split
 from esr_eval.timing import OFFICIAL
@@ -52,8 +52,6 @@ def test_one_actor_per_fake_gpu_all_busy_at_once(factory, tmp_path):
     assert (subs["status"] == "ok").all() and len(subs) == 4
     assert set(subs["device_kind"]) == {"cpu"}  # fake GPUs: torch sees no CUDA, and the row says so
     spans = {}
-    for line in log.read_text().split():
-        pass
     for pid, stamp in (line.split() for line in log.read_text().splitlines()):
         lo, hi = spans.get(pid, (float(stamp), float(stamp)))
         spans[pid] = (min(lo, float(stamp)), max(hi, float(stamp)))
