@@ -92,12 +92,12 @@ def _tensor_to_uint8(sr, data_range: float, uint8_dtype, reject_inf: bool) -> np
             f"return one RGB image per call"
         )
     values = values.float()
-    bad_count = int((~values.isfinite()).sum() if reject_inf else values.isnan().sum())
-    if bad_count:
-        raise NonFiniteOutputError(f"model output holds {bad_count} NaN{' or Inf' if reject_inf else ''} values; "
+    low, high = (float(v) for v in values.aminmax())  # one pass; NaN and Inf propagate into it
+    if math.isnan(low) or math.isnan(high) or (reject_inf and (math.isinf(low) or math.isinf(high))):
+        raise NonFiniteOutputError(f"model output holds NaN{' or Inf' if reject_inf else ''} values; "
                                    "it cannot be scored")
     scaled = values.clamp(0.0, data_range).mul_(PIXEL_MAX).div_(data_range).round_()
-    return scaled.to(dtype=uint8_dtype).permute(1, 2, 0).cpu().numpy()
+    return scaled.to(dtype=uint8_dtype).permute(1, 2, 0).contiguous().cpu().numpy()
 
 
 def _check_pair(sr_u8: np.ndarray, hr_u8: np.ndarray, border: int) -> None:
