@@ -12,6 +12,7 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ESR_EVAL_SHARED", REPO_ROOT.parent / "shared"))
+SHARED_DATA = Path(os.environ.get("ESR_EVAL_SHARED_DATA", SHARED / "data"))
 
 TINY_MODEL = textwrap.dedent('''
     import torch
@@ -88,11 +89,3 @@ def factory(tmp_path) -> SubmissionFactory:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
-
-
-def shared_path(*parts: str) -> Path:
-    """A path under ../shared, or a pytest skip with the reason when it is absent."""
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} is absent (../shared is only beside the repo in CI and dev checkouts)")
-    return path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -30,9 +29,7 @@ from esr_eval.data import (
     validate_split,
 )
 
-SHARED_DATA = Path(
-    os.environ.get("ESR_EVAL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
+from tests.conftest import SHARED_DATA
 needs_shared_data = pytest.mark.skipif(
     not SHARED_DATA.is_dir(),
     reason=f"real SR images not found at {SHARED_DATA} (set ESR_EVAL_SHARED_DATA to their folder)",

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,9 +23,7 @@ from esr_eval.quality import (
     to_uint8,
 )
 
-SHARED_DATA = Path(
-    os.environ.get("ESR_EVAL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
+from tests.conftest import SHARED_DATA
 SET5_NAMES = ("baby", "bird", "butterfly", "head", "woman")
 
 

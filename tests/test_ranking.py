@@ -13,11 +13,12 @@ import pandas as pd
 import pytest
 
 from esr_eval.protocols import ProtocolError, builtin_protocol_names, load_protocol
+from tests.conftest import SHARED
 from esr_eval.ranking import metrics_table, rank, rank_run, read_run
 from esr_eval.synthetic import write_synthetic_run
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REFERENCE = SHARED / "reference"
 NTIRE2022_CSV = REFERENCE / "ntire2022_results.csv"
 
 
