@@ -1,8 +1,12 @@
 """Evaluate every submission, one Ray actor per submission on a dedicated device.
 
 On a cluster: ``ray submit ray_config.yaml evaluate_all.py [args]`` runs this on the head node,
-which connects to the running cluster. Locally: ``python evaluate_all.py`` starts a local Ray
-instance; with no arguments it evaluates the shipped submissions on the embedded split on CPU.
+which connects to the running cluster (a head started by ``ray up`` is recognised by its
+``~/ray_bootstrap_config.yaml``; a GPU run waits for the GPUs that file declares). Locally:
+``python evaluate_all.py`` starts its own private Ray instance (never one it merely finds on the
+machine; ``--address`` or ``RAY_ADDRESS`` join another); with no arguments it evaluates the
+shipped submissions on the embedded split on CPU. Mistakes in the command line end with one
+``error:`` line naming the fix and exit status 2, before any run folder is created.
 Results stream into ``<root>/results/<run_id>/`` (Parquet); re-running with the same
 ``--run-id`` resumes. See README, "Running on a cluster".
 """
@@ -32,10 +36,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--root", type=Path, default=None, help="submissions root (default: this repo, or ~/esr-eval)")
     parser.add_argument("--manifests", type=Path, default=None, help="manifest folder (default: <root>/model_zoo)")
     add_run_args(parser)
-    parser.add_argument("--device", default="auto", help="auto (cuda where the actor sees one), cuda or cpu")
+    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
+                        help="auto: a GPU run when the cluster has or declares GPUs (--min-gpus), else CPU; "
+                             "cuda: a GPU run; cpu: time on CPUs even where GPUs exist")
     parser.add_argument("--address", default=None,
-                        help="Ray address; default: the running cluster if there is one, else a local instance")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per submission before its actor is killed")
+                        help="Ray address to join; default: RAY_ADDRESS, else this cluster if this is a head "
+                             "started by `ray up` (what `ray submit` runs on), else a private local instance")
+    parser.add_argument("--min-gpus", type=int, default=None,
+                        help="GPU runs: GPUs that must be present before anything runs (default: what the "
+                             "cluster config declares, else 1); giving it makes an auto run a GPU run")
+    parser.add_argument("--wait-for-gpus", type=float, default=600.0,
+                        help="GPU runs: seconds to wait for --min-gpus GPUs to join before refusing (default 600)")
+    parser.add_argument("--timeout", type=float, default=1800.0,
+                        help="seconds a submission may run inside its actor before the actor is killed")
+    parser.add_argument("--startup-timeout", type=float, default=900.0,
+                        help="seconds an actor may take to start (not counted against the submission)")
     parser.add_argument("--max-attempts", type=int, default=3, help="attempts per submission when its node is lost")
     parser.add_argument("--cpus-per-actor", type=int, default=1, help="CPU-only clusters: CPUs (and threads) per actor")
     parser.add_argument("--num-cpus", type=int, default=None, help="local instance only: CPUs Ray may use")
@@ -45,6 +60,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rank", default="auto",
                         help="ranking protocol for the closing ranking and report (default auto: demo for the "
                              "embedded split, else ntire2026); 'none' skips them")
+    parser.add_argument("--baseline", default=None, metavar="SUBMISSION_ID",
+                        help="the ranking's baseline submission, named explicitly (default: found by the rules' "
+                             "baseline identity); still verified against the published complexity")
     args = parser.parse_args(argv)
     args.root = args.root or default_root()
     if args.results == Path("results"):
@@ -52,63 +70,123 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def connect(address: str | None, num_cpus: int | None) -> str:
-    """Join the running cluster, or start a local instance; returns which."""
-    import ray
-
-    if address:
-        ray.init(address=address)
-        return address
-    try:
-        ray.init(address="auto")
-        return "auto"
-    except ConnectionError:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
-        return "local"
+class UsageError(ValueError):
+    """A mistake in the command line, found before anything is measured or written."""
 
 
-def rank_and_report(run_dir: Path, protocol_name: str) -> None:
+def check_usage(args: argparse.Namespace) -> None:
+    """Refuse mistakes that need no Ray and no model: each message names the fix."""
+    from esr_eval.protocols import load_protocol
+
+    if args.split and args.data is None:
+        raise UsageError(f"--split {args.split[0]} needs --data DIR (the folder holding {args.split[0]}_HR/ and "
+                         f"{args.split[0]}_LR/). Fix: add --data DIR, or drop --split to run the embedded split")
+    if args.data is not None and not args.data.is_dir():
+        raise UsageError(f"--data {args.data}: no such folder. Fix: pass the folder that holds <split>_HR/ and "
+                         "<split>_LR/ (on a cluster, the path on the nodes, e.g. /home/ubuntu/esr-eval-data)")
+    if args.rank not in ("auto", "none"):
+        load_protocol(args.rank)
+    for name, value in (("--min-gpus", args.min_gpus), ("--max-attempts", args.max_attempts),
+                        ("--cpus-per-actor", args.cpus_per_actor)):
+        if value is not None and value < 1:
+            raise UsageError(f"{name} {value}: must be at least 1")
+
+
+def plan_device(args: argparse.Namespace) -> tuple[str, int | None]:
+    """(cuda|cpu, GPUs required) of this run; a GPU run waits for its GPUs or is refused."""
+    from esr_eval.nodes import alive_nodes, declared_gpus_here, gpu_count, gpu_models, wait_for_gpus
+
+    declared = declared_gpus_here()
+    gpu_run = args.device == "cuda" or (
+        args.device == "auto" and bool(args.min_gpus or declared or args.gpu_model or gpu_count()))
+    if not gpu_run:
+        return "cpu", None
+    needed = args.min_gpus or declared or 1
+    present = gpu_models(alive_nodes())
+    if args.gpu_model and present and args.gpu_model not in present and gpu_count() >= needed:
+        raise UsageError(f"--gpu-model {args.gpu_model}: the cluster has no such GPU (it has "
+                         f"{', '.join(sorted(present))}). Fix: pass one of those names, or drop --gpu-model")
+    wait_for_gpus(needed, args.wait_for_gpus, args.gpu_model, report=lambda line: print(line, file=sys.stderr))
+    return "cuda", needed
+
+
+def rank_and_report(run_dir: Path, protocol_name: str, baseline: str | None = None) -> None:
     """Write rankings and the report of the finished run, and print the main ranking."""
     from esr_eval.ranking import rank_run
     from esr_eval.report import write_report
 
-    protocol = ranking_protocol(run_dir, protocol_name)
+    protocol = ranking_protocol(run_dir, protocol_name, baseline=baseline)
     print()
     print_rankings(rank_run(run_dir, protocol), protocol)
     paths = write_report(run_dir, protocol)
     print(f"\nrankings: {run_dir / 'rankings'}\nreport: {paths.html} (and {paths.markdown.name})")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    from esr_eval.driver import DriverOptions, apply_ray_env, run_distributed
+def measure(args: argparse.Namespace) -> tuple[Path, dict]:
+    """Validate, connect, plan the device, then run; returns (run folder, statuses)."""
+    import dataclasses
+
+    from esr_eval.driver import DriverOptions, run_distributed
+    from esr_eval.nodes import apply_ray_env, choose_address, connect
+    from esr_eval.records import read_table
     from esr_eval.run import RunFolder, new_run_id, run_metadata
     from esr_eval.scheduling import expected_seconds
 
-    apply_ray_env()
+    check_usage(args)
     subs, errors, splits, config = prepare_run(args)
-    protocol = config.protocol
-    folder = RunFolder.create(args.results, args.run_id or new_run_id())
-    folder.lock()
+    folder = RunFolder.open(args.results, args.run_id or new_run_id())
     try:
-        mode = connect(args.address, args.num_cpus)
-        options = DriverOptions(timeout_s=args.timeout, max_attempts=args.max_attempts,
-                                cpus_per_actor=args.cpus_per_actor, allow_mixed_gpus=args.allow_mixed_gpus,
-                                gpu_model=args.gpu_model, progress=not args.no_progress,
+        apply_ray_env()
+        address = choose_address(args.address)
+        connect(address, args.num_cpus)
+        device, gpus_needed = plan_device(args)
+        config = dataclasses.replace(config, device=device)
+        options = DriverOptions(timeout_s=args.timeout, startup_timeout_s=args.startup_timeout,
+                                max_attempts=args.max_attempts, cpus_per_actor=args.cpus_per_actor,
+                                allow_mixed_gpus=args.allow_mixed_gpus, gpu_model=args.gpu_model,
+                                progress=not args.no_progress,
                                 expected_s=expected_seconds(args.results, exclude_run=folder.run_id))
-        meta = run_metadata(folder.run_id, protocol, splits, subs, f"ray ({mode})", args.device)
+        meta = run_metadata(folder.run_id, config.protocol, splits, subs, "ray", device,
+                            {"ray_address": address.address, "ray_address_source": address.source,
+                             "device_requested": args.device, "gpus_required": gpus_needed})
         folder.write_run_json(meta)
         summary = run_distributed(subs, errors, splits, config, folder, options)
-        folder.write_run_json({**meta, "scheduling": summary.scheduling, "slots": summary.slots,
+        measured_on = sorted(read_table(folder.path, "submissions")["device_kind"].dropna().unique())
+        folder.write_run_json({**meta, "device_kinds_measured": measured_on,
+                               "scheduling": summary.scheduling, "slots": summary.slots,
                                "gpu_models": list(summary.gpu_models), "allow_mixed_gpus": args.allow_mixed_gpus,
                                "gpu_model_pinned": args.gpu_model, "makespan_s": summary.makespan_s,
                                "skipped_as_complete": list(summary.skipped)})
-    finally:
-        folder.unlock()
-    print_run_summary(folder.path)
+    except BaseException:
+        folder.close(discard_if_empty=True)
+        raise
+    folder.close()
+    return folder.path, summary.statuses
+
+
+def main(argv: list[str] | None = None) -> int:
+    from esr_eval.driver import HomogeneityError
+    from esr_eval.manifest import SubmissionError
+    from esr_eval.nodes import GpuWaitError
+    from esr_eval.run import RunLockedError
+
+    args = parse_args(argv)
+    try:
+        run_dir, statuses = measure(args)
+    except (UsageError, SubmissionError, ValueError, FileNotFoundError, GpuWaitError, HomogeneityError,
+            RunLockedError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print_run_summary(run_dir)
+    ranked = True
     if args.rank != "none":
-        rank_and_report(folder.path, args.rank)
-    return 0 if all(s == "ok" for s in summary.statuses.values()) else 1
+        try:
+            rank_and_report(run_dir, args.rank, args.baseline)
+        except ValueError as exc:  # the measurements stand; only the closing ranking could not be made
+            print(f"error: no ranking written: {exc}\n(the measurements are complete in {run_dir}; "
+                  f"rank them with `esr-eval rank {run_dir}` and the fix above)", file=sys.stderr)
+            ranked = False
+    return 0 if ranked and all(s == "ok" for s in statuses.values()) else 1
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ import pandas as pd
 import yaml
 
 from esr_eval.data import embedded_split
-from esr_eval.driver import DriverOptions, apply_ray_env, run_distributed
+from esr_eval.driver import DriverOptions, run_distributed
+from esr_eval.nodes import apply_ray_env
 from esr_eval.evaluate import EvaluationConfig
 from esr_eval.manifest import discover_all
 from esr_eval.provenance import cpu_model_name

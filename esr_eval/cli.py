@@ -148,11 +148,10 @@ def cmd_evaluate(args) -> int:
 
     subs, manifest_errors, splits, config = prepare_run(args)
     protocol = config.protocol
-    folder = RunFolder.create(args.results, args.run_id or new_run_id())
-    folder.lock()
+    folder = RunFolder.open(args.results, args.run_id or new_run_id())
     failed = len(manifest_errors)
     try:
-        done = folder.completed()
+        done = folder.completed(device_kind=args.device.split(":")[0])
         folder.write_run_json(run_metadata(folder.run_id, protocol, splits, subs, "in-process", args.device))
         for error in manifest_errors:
             folder.write_result(manifest_failure(error, folder.run_id), fingerprint=None)
@@ -184,8 +183,13 @@ def cmd_import_ntire(args) -> int:
 
 
 def ranking_protocol(run_dir: Path, name: str = "auto", valid_split: str | None = None,
-                     test_split: str | None = None, resamples: int | None = None):
-    """The protocol asked for; ``auto`` = demo for the embedded split, else the latest NTIRE rules."""
+                     test_split: str | None = None, resamples: int | None = None, *,
+                     baseline: str | None = None, accept_baseline_mismatch: bool = False):
+    """The protocol asked for; ``auto`` = demo for the embedded split, else the latest NTIRE rules.
+
+    ``baseline`` names the baseline submission explicitly (else the protocol's identity finds it);
+    it is still verified against the published figures unless ``accept_baseline_mismatch``.
+    """
     from esr_eval.protocols import load_protocol
     from esr_eval.records import read_table
 
@@ -197,11 +201,16 @@ def ranking_protocol(run_dir: Path, name: str = "auto", valid_split: str | None 
         protocol = protocol.with_splits(valid=valid_split, test=test_split)
     if resamples:
         protocol = protocol.with_resamples(resamples)
+    if accept_baseline_mismatch and not baseline:
+        raise ValueError("--accept-baseline-mismatch applies to a baseline named with --baseline SUBMISSION_ID")
+    if baseline:
+        protocol = protocol.with_baseline(baseline, accept_mismatch=accept_baseline_mismatch)
     return protocol
 
 
 def _ranking_protocol(args):
-    return ranking_protocol(args.run, args.protocol, args.valid_split, args.test_split, args.resamples)
+    return ranking_protocol(args.run, args.protocol, args.valid_split, args.test_split, args.resamples,
+                            baseline=args.baseline, accept_baseline_mismatch=args.accept_baseline_mismatch)
 
 
 def print_rankings(rankings, protocol) -> None:
@@ -215,11 +224,13 @@ def print_rankings(rankings, protocol) -> None:
 
 
 def cmd_rank(args) -> int:
-    from esr_eval.ranking import rank_run
+    from esr_eval.ranking import baseline_summary, rank_run
 
     protocol = _ranking_protocol(args)
-    print_rankings(rank_run(args.run, protocol), protocol)
-    print(f"\nwritten: {args.run / 'rankings'}")
+    rankings = rank_run(args.run, protocol)
+    print_rankings(rankings, protocol)
+    print(f"\nbaseline: {baseline_summary(rankings)}")
+    print(f"written: {args.run / 'rankings'}")
     return 0
 
 
@@ -239,6 +250,12 @@ def _add_ranking_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--valid-split", default=None, help="run split that stands for 'valid'")
     parser.add_argument("--test-split", default=None, help="run split that stands for 'test'")
     parser.add_argument("--resamples", type=int, default=None, help="bootstrap resamples for the intervals")
+    parser.add_argument("--baseline", default=None, metavar="SUBMISSION_ID",
+                        help="the baseline submission, named explicitly (default: found by the protocol's "
+                             "baseline identity); still verified against the published complexity")
+    parser.add_argument("--accept-baseline-mismatch", action="store_true",
+                        help="take the --baseline submission even when its complexity is not the published "
+                             "baseline's (recorded in the rankings)")
 
 
 def cmd_check(args) -> int:

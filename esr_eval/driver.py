@@ -7,39 +7,53 @@ Contract
   GPUs, else ``num_cpus=cpus_per_actor`` on CPU resources; the scheduling mode is recorded.
   At most as many actors run as there are slots (GPUs, or CPUs ÷ cpus_per_actor), started in
   longest-expected-first order.
+* GPU runs stay GPU runs: ``config.device`` ``auto`` becomes ``cuda`` when the cluster schedules
+  on GPUs and ``cpu`` otherwise; a ``cuda`` run on a cluster without GPUs is refused
+  (:class:`~esr_eval.nodes.GpuWaitError`), and an actor that lands where torch sees no CUDA
+  writes an ``error`` row saying so — never a CPU-timed ``ok`` row.
 * As each submission finishes, its rows are written to the run folder before the driver waits
   for the next one. A progress bar shows done / failed / running and an ETA.
-* Faults: past ``timeout_s`` the actor is killed → ``status=timeout``; an actor that dies
-  (exception escaping, ``os._exit``, segfault) → ``status=crashed`` with Ray's message; an
-  actor lost with its node → retried on another node up to ``max_attempts`` (attempts
-  recorded); an exception inside the submission → ``status=error`` from the actor itself.
+* Clocks (monotonic, on the driver): an actor has ``startup_timeout_s`` to start (scheduling,
+  process start, imports) → ``status=startup_timeout``; the submission's own ``timeout_s`` starts
+  only once its actor answers that it is running → past it the actor is killed, ``status=timeout``.
+* Faults: an exception inside the submission → ``status=error`` from the actor itself. An actor
+  that dies is not judged at once, because its error can arrive before the cluster declares its
+  node dead: a node that Ray's error says died, or that the cluster marks dead within
+  ``node_grace_s``, means the submission is retried on another node, up to ``max_attempts``
+  (attempts recorded). Only a node that is still alive ``node_settle_s`` after the error and then
+  answers a task pinned to it proves the actor died on a healthy node → ``status=crashed`` with
+  Ray's message. While any verdict is pending no new actor is launched, so nothing is placed on
+  a node that is failing but not yet declared dead.
 * Homogeneity: the GPU models of all alive GPU nodes must agree unless ``allow_mixed_gpus``;
   every row records the device model, and ``gpu_model`` pins one (Ray ``accelerator_type``).
-* Resume: submissions whose fingerprint is already complete in the run folder are skipped.
+* Resume: submissions whose fingerprint is already complete in the run folder, measured on the
+  same device kind (and, on GPUs, the cluster's GPU model), are skipped.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
 
 import ray
-from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+from ray.exceptions import RayActorError
 from tqdm import tqdm
 
-from esr_eval.evaluate import (EvaluationConfig, EvaluationResult, evaluate_submission, manifest_failure,
-                               manifest_fields)
+from esr_eval.evaluate import EvaluationConfig, evaluate_submission, manifest_failure, manifest_fields
 from esr_eval.manifest import Submission, SubmissionError
-from esr_eval.records import SubmissionRow
+from esr_eval.nodes import GpuWaitError, alive_nodes, gpu_count, gpu_models, node_alive, probe_node
+from esr_eval.records import EvaluationResult, SubmissionRow
 from esr_eval.run import RunFolder, fingerprint
 from esr_eval.scheduling import lpt_order
 
-RAY_ENV = {"RAY_AUTH_MODE": "disabled"}
 POLL_S = 0.5
-NODE_DEATH_GRACE_S = 60.0
+_NODE_DIED = re.compile(r"its node has died|node was terminated", re.IGNORECASE)
+_NODE_ID = re.compile(r"Node Id: ([0-9a-f]{8,})", re.IGNORECASE)
 
 
 class HomogeneityError(RuntimeError):
@@ -49,12 +63,16 @@ class HomogeneityError(RuntimeError):
 @dataclass(frozen=True)
 class DriverOptions:
     timeout_s: float = 1800.0
+    startup_timeout_s: float = 900.0
     max_attempts: int = 3
     cpus_per_actor: int = 1
     allow_mixed_gpus: bool = False
     gpu_model: str | None = None
     progress: bool = True
     expected_s: dict = field(default_factory=dict)
+    node_settle_s: float = 3.0
+    node_grace_s: float = 60.0
+    actor_class: type | None = None  # what each actor runs; None: SubmissionActor
 
 
 @dataclass(frozen=True)
@@ -66,6 +84,13 @@ class DriverSummary:
     slots: int
     gpu_models: tuple[str, ...]
     makespan_s: float
+    device: str
+    attempts: dict
+
+
+def _failure_row(sub: Submission, run_id: str, status: str, message: str, stage: str = "actor") -> SubmissionRow:
+    return SubmissionRow(run_id=run_id, status=status, error=f"[{sub.submission_id}] {message}", error_stage=stage,
+                         **manifest_fields(sub))
 
 
 class SubmissionActor:
@@ -78,190 +103,241 @@ class SubmissionActor:
     def evaluate(self, sub: Submission, splits, config: EvaluationConfig, run_id: str) -> EvaluationResult:
         import torch
 
-        if config.device == "auto":
-            config = dataclasses.replace(config, device="cuda" if torch.cuda.is_available() else "cpu")
-        result = evaluate_submission(sub, splits, config, run_id)
         node_id = ray.get_runtime_context().get_node_id()
+        if config.device == "cuda" and not torch.cuda.is_available():
+            message = (f"this is a GPU run, but the actor landed on node {node_id[:12]} ({socket.gethostname()}) where "
+                       f"torch {torch.__version__} sees no CUDA device (CUDA_VISIBLE_DEVICES="
+                       f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}); nothing was timed. Fix: install a CUDA build of "
+                       "torch and the NVIDIA driver on every GPU worker, or pass --device cpu for a CPU-timed run")
+            row = _failure_row(sub, run_id, "error", message, stage="device")
+            return EvaluationResult(submission=dataclasses.replace(row, node_id=node_id, hostname=socket.gethostname(),
+                                                                   device_kind="cpu"))
+        result = evaluate_submission(sub, splits, config, run_id)
         return dataclasses.replace(result, submission=dataclasses.replace(result.submission, node_id=node_id))
-
-
-def apply_ray_env() -> None:
-    """The same Ray environment everywhere (driver, tests, cluster commands)."""
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
-
-
-def _gpu_models(alive_nodes: list[dict]) -> set[str]:
-    models = set()
-    for node in alive_nodes:
-        resources = node.get("Resources", {})
-        if resources.get("GPU", 0) > 0:
-            tags = [k.split(":", 1)[1] for k in resources if k.startswith("accelerator_type:")]
-            models.update(tags or ["unknown"])
-    return models
-
-
-def _alive_nodes() -> list[dict]:
-    return [n for n in ray.nodes() if n.get("Alive")]
 
 
 def _slots(options: DriverOptions) -> tuple[str, int]:
     resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    if gpus > 0:
-        if options.gpu_model:
-            gpus = int(sum(n["Resources"].get("GPU", 0) for n in _alive_nodes()
-                           if f"accelerator_type:{options.gpu_model}" in n["Resources"]))
-        return "gpu", gpus
+    if resources.get("GPU", 0) > 0:
+        return "gpu", gpu_count(options.gpu_model)
     return "cpu", max(1, int(resources.get("CPU", 1)) // options.cpus_per_actor)
 
 
-def _failure_row(sub: Submission, run_id: str, status: str, message: str) -> SubmissionRow:
-    return SubmissionRow(run_id=run_id, status=status, error=f"[{sub.submission_id}] {message}", error_stage="actor",
-                         **manifest_fields(sub))
+def _resolve_device(device: str, scheduling: str) -> str:
+    """``cuda`` for a GPU run, ``cpu`` for a CPU run; a GPU run without GPUs is refused."""
+    if device == "auto":
+        return "cuda" if scheduling == "gpu" else "cpu"
+    if device == "cuda" and scheduling != "gpu":
+        raise GpuWaitError("this is a GPU run (--device cuda) but the cluster has no GPU; nothing would be timed on "
+                           "one. Fix: start the GPU workers (or wait for them with --wait-for-gpus SECONDS), or pass "
+                           "--device cpu for a CPU-timed run")
+    return device
 
 
 @dataclass
-class _Running:
+class _Job:
     sub: Submission
     actor: object
     ref: object
     node_ref: object
     attempt: int
-    started_s: float
+    launched_s: float
+    running_since_s: float | None = None
     node_id: str | None = None
-    unreachable_since: float | None = None
     error: BaseException | None = None
+    suspect_since_s: float | None = None
+    probe: object = None
 
 
-def _node_alive(node_id: str | None) -> bool:
-    if node_id is None:
+class _Driver:
+    """The scheduling loop of one run (state kept here, rows written through ``folder``)."""
+
+    def __init__(self, subs, splits, config, folder: RunFolder, options: DriverOptions, keys: dict, slots: int,
+                 actor_class):
+        self.splits, self.config, self.folder, self.options, self.keys = splits, config, folder, options, keys
+        self.slots, self.actor_class = slots, actor_class
+        self.queue = [(s, 1) for s in lpt_order(subs, lambda s: s.submission_id, options.expected_s)]
+        self.jobs: list[_Job] = []
+        self.statuses: dict[str, str] = {}
+        self.attempts: dict[str, int] = {}
+        self.written: list[str] = []
+        self.bar = tqdm(total=len(self.queue), desc="submissions", unit="sub", disable=not options.progress,
+                        file=sys.stderr)
+
+    @property
+    def run_id(self) -> str:
+        return self.folder.run_id
+
+    def finish(self, job: _Job, result: EvaluationResult) -> None:
+        sid = job.sub.submission_id
+        self.folder.write_result(result, self.keys[sid], attempts=job.attempt)
+        self.statuses[sid], self.attempts[sid] = result.submission.status, job.attempt
+        self.written.append(sid)
+        self._drop(job)
+        self.bar.update(1)
+
+    def fail(self, job: _Job, status: str, message: str) -> None:
+        self.finish(job, EvaluationResult(submission=_failure_row(job.sub, self.run_id, status, message)))
+
+    def _drop(self, job: _Job) -> None:
+        ray.kill(job.actor)
+        if job in self.jobs:
+            self.jobs.remove(job)
+
+    def launch(self, sub: Submission, attempt: int) -> None:
+        actor = self.actor_class.remote()
+        node_ref = actor.node.remote()  # actor calls run in order: this answers just before evaluate starts
+        ref = actor.evaluate.remote(sub, self.splits, self.config, self.run_id)
+        self.jobs.append(_Job(sub, actor, ref, node_ref, attempt, time.monotonic()))
+
+    def run(self) -> None:
+        try:
+            while self.queue or self.jobs:
+                if not any(j.suspect_since_s is not None for j in self.jobs):
+                    while self.queue and len(self.jobs) < self.slots:
+                        self.launch(*self.queue.pop(0))
+                self._wait()
+                now = time.monotonic()
+                for job in list(self.jobs):
+                    self._step(job, now)
+                if self.queue or self.jobs:
+                    self.slots = max(1, _slots(self.options)[1])
+                failed = sum(s != "ok" for s in self.statuses.values())
+                self.bar.set_postfix(done=len(self.written) - failed, failed=failed, running=len(self.jobs),
+                                     refresh=False)
+        finally:
+            self.bar.close()
+
+    def _wait(self) -> None:
+        """Sleep until some job has news (or POLL_S passes)."""
+        refs = [j.ref for j in self.jobs if j.suspect_since_s is None]
+        refs += [j.node_ref for j in self.jobs if j.running_since_s is None and j.suspect_since_s is None]
+        refs += [j.probe for j in self.jobs if j.probe is not None]
+        if refs:
+            ray.wait(refs, num_returns=1, timeout=POLL_S)
+        else:
+            time.sleep(POLL_S)
+
+    def _step(self, job: _Job, now: float) -> None:
+        if job.suspect_since_s is not None:
+            self._judge(job, now)
+            return
+        if job.running_since_s is None and _ready(job.node_ref):
+            try:
+                job.node_id = ray.get(job.node_ref)["node_id"]
+                job.running_since_s = time.monotonic()
+            except RayActorError:
+                pass  # the actor died before it ran: its evaluate call says how, below
+        if _ready(job.ref):
+            self._settle(job, now)
+        elif job.running_since_s is None and now - job.launched_s > self.options.startup_timeout_s:
+            self.fail(job, "startup_timeout",
+                      f"the actor did not start within {self.options.startup_timeout_s:.0f} s, so no submission code "
+                      "ran (not the submission's fault; retried on resume). Fix: check `ray status` for free "
+                      "GPUs and the node's logs, or raise --startup-timeout")
+        elif job.running_since_s is not None and now - job.running_since_s > self.options.timeout_s:
+            self.fail(job, "timeout",
+                      f"no result within {self.options.timeout_s:.0f} s; the actor was killed. Fix: check the model "
+                      "for hangs, or raise --timeout if it is merely slow")
+
+    def _settle(self, job: _Job, now: float) -> None:
+        """A finished call: its result, or (the actor died) the start of a verdict on its node."""
+        try:
+            result = ray.get(job.ref)
+        except RayActorError as exc:
+            job.error, job.suspect_since_s = exc, now
+            job.node_id = job.node_id or _node_from_error(exc)
+            self._judge(job, now)
+        except Exception as exc:  # e.g. a result that could not be deserialised
+            self.fail(job, "crashed", f"the result could not be read (attempt {job.attempt}): {_brief(exc)}")
+        else:
+            self.finish(job, result)
+
+    def _judge(self, job: _Job, now: float) -> None:
+        """Retry (node lost), crashed (node healthy), or keep waiting for the node's fate."""
+        if job.node_id is not None and (_node_died(job.error) or not node_alive(job.node_id)):
+            self._retry(job)
+            return
+        if job.probe is None and job.node_id is not None and now - job.suspect_since_s >= self.options.node_settle_s:
+            job.probe = probe_node(job.node_id)
+        if job.node_id is None or _probe_answered(job.probe):
+            self.fail(job, "crashed", f"the actor process died (attempt {job.attempt}); its node is healthy: "
+                                      f"{_brief(job.error)}")
+        elif now - job.suspect_since_s > self.options.node_grace_s:
+            self.fail(job, "crashed", f"the actor died and its node neither died nor answered within "
+                                      f"{self.options.node_grace_s:.0f} s (attempt {job.attempt}): {_brief(job.error)}")
+
+    def _retry(self, job: _Job) -> None:
+        """The actor went down with its node: run the submission again elsewhere, within max_attempts."""
+        if job.attempt < self.options.max_attempts:
+            self._drop(job)
+            self.queue.insert(0, (job.sub, job.attempt + 1))
+        else:
+            self.fail(job, "crashed", f"its node was lost {job.attempt} times: {_brief(job.error)}")
+
+
+def _ready(ref) -> bool:
+    return bool(ray.wait([ref], num_returns=1, timeout=0)[0])
+
+
+def _probe_answered(probe) -> bool:
+    if probe is None or not _ready(probe):
+        return False
+    try:
+        ray.get(probe)
+    except Exception:  # the node could not run the probe: not an answer
+        return False
+    return True
+
+
+def _node_died(exc: BaseException | None) -> bool:
+    if isinstance(exc, RayActorError) and exc.preempted:
         return True
-    return any(n["NodeID"] == node_id for n in _alive_nodes())
+    return bool(_NODE_DIED.search(str(exc or "")))
+
+
+def _node_from_error(exc: BaseException) -> str | None:
+    match = _NODE_ID.search(str(exc))
+    return match.group(1) if match else None
+
+
+def _brief(exc: BaseException | None) -> str:
+    return " ".join(line.strip() for line in str(exc).strip().splitlines()[:8])
 
 
 def run_distributed(subs: list[Submission], manifest_errors: list[SubmissionError], splits,
                     config: EvaluationConfig, folder: RunFolder, options: DriverOptions) -> DriverSummary:
     """Evaluate every submission on the connected Ray cluster, writing rows as they finish."""
-    started = time.time()
-    models = _gpu_models(_alive_nodes())
+    started = time.monotonic()
+    models = gpu_models(alive_nodes())
     if len(models) > 1 and not options.allow_mixed_gpus and not options.gpu_model:
         raise HomogeneityError(f"the cluster mixes GPU models {sorted(models)}; timings would not be comparable. "
                                "Pin one with --gpu-model NAME or pass --allow-mixed-gpus (recorded in run.json)")
     scheduling, slots = _slots(options)
     if slots < 1:
         raise HomogeneityError(f"no GPU of model {options.gpu_model!r} in the cluster")
+    device = _resolve_device(config.device, scheduling)
+    config = dataclasses.replace(config, device=device)
     resources = ({"num_gpus": 1, "num_cpus": 0} if scheduling == "gpu"
                  else {"num_gpus": 0, "num_cpus": options.cpus_per_actor})
     if scheduling == "gpu" and options.gpu_model:
         resources["accelerator_type"] = options.gpu_model
     if scheduling == "cpu" and config.torch_threads is None:
         config = dataclasses.replace(config, torch_threads=options.cpus_per_actor)
-    actor_class = ray.remote(max_restarts=0, max_task_retries=0)(SubmissionActor).options(**resources)
+    actor_class = ray.remote(max_restarts=0, max_task_retries=0)(options.actor_class or SubmissionActor)
+    actor_class = actor_class.options(**resources)
 
     for error in manifest_errors:
         folder.write_result(manifest_failure(error, folder.run_id), fingerprint=None)
-    done = folder.completed()
+    pinned = {options.gpu_model} if options.gpu_model else models
+    done = folder.completed(device_kind=device, gpu_models=pinned if device == "cuda" else None)
     keys = {s.submission_id: fingerprint(s, config.protocol.protocol_id, splits) for s in subs}
     skipped = tuple(s.submission_id for s in subs if done.get(s.submission_id) == keys[s.submission_id])
-    queue = [(s, 1) for s in lpt_order([s for s in subs if s.submission_id not in skipped],
-                                       lambda s: s.submission_id, options.expected_s)]
-    statuses = {e.submission_id: "error" for e in manifest_errors}
-    written: list[str] = [e.submission_id for e in manifest_errors]
-    running: dict[object, _Running] = {}
-    unreachable: list[_Running] = []
-    bar = tqdm(total=len(queue), desc="submissions", unit="sub", disable=not options.progress, file=sys.stderr)
-
-    def finish(job: _Running, result: EvaluationResult) -> None:
-        folder.write_result(result, keys[job.sub.submission_id], attempts=job.attempt)
-        statuses[job.sub.submission_id] = result.submission.status
-        written.append(job.sub.submission_id)
-        ray.kill(job.actor)
-        bar.update(1)
-
-    def launch(sub: Submission, attempt: int) -> None:
-        actor = actor_class.remote()
-        node_ref = actor.node.remote()  # actor calls run in order: this answers before evaluate starts
-        job = _Running(sub, actor, actor.evaluate.remote(sub, splits, config, folder.run_id),
-                       node_ref, attempt, time.time())
-        running[job.ref] = job
-
-    try:
-        while queue or running or unreachable:
-            while queue and len(running) + len(unreachable) < slots:
-                launch(*queue.pop(0))
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S) if running else ([], [])
-            for ref in ready:
-                job = running.pop(ref)
-                _settle(job, finish, queue, unreachable, options, folder.run_id)
-            for job in list(unreachable):
-                _resolve_unreachable(job, finish, queue, unreachable, options, folder.run_id)
-            now = time.time()
-            for ref, job in list(running.items()):
-                _note_node(job)
-                if now - job.started_s > options.timeout_s:
-                    running.pop(ref)
-                    finish(job, EvaluationResult(submission=_failure_row(
-                        job.sub, folder.run_id, "timeout",
-                        f"no result within {options.timeout_s:.0f} s; the actor was killed. Fix: check the model "
-                        "for hangs, or raise --timeout if it is merely slow")))
-            slots = max(1, _slots(options)[1]) if running or queue else slots
-            failed = sum(s != "ok" for s in statuses.values())
-            bar.set_postfix(done=len(written) - failed, failed=failed, running=len(running), refresh=False)
-    finally:
-        bar.close()
-    return DriverSummary(written=tuple(written), skipped=skipped, statuses=statuses, scheduling=scheduling,
-                         slots=slots, gpu_models=tuple(sorted(models)), makespan_s=time.time() - started)
-
-
-def _note_node(job: _Running) -> None:
-    """Record which node the actor landed on, once known."""
-    if job.node_id is None:
-        try:
-            job.node_id = ray.get(job.node_ref, timeout=0)["node_id"]
-        except (GetTimeoutError, RayActorError):
-            pass
-
-
-def _crashed(job: _Running, run_id: str, reason: str, exc: BaseException) -> EvaluationResult:
-    detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[:6])
-    return EvaluationResult(submission=_failure_row(job.sub, run_id, "crashed",
-                                                    f"{reason} (attempt {job.attempt}): {detail}"))
-
-
-def _retry_or_give_up(job: _Running, finish, queue: list, options: DriverOptions, run_id: str,
-                      exc: BaseException) -> None:
-    """The actor went down with its node: run the submission again elsewhere, within max_attempts."""
-    ray.kill(job.actor)
-    if job.attempt < options.max_attempts:
-        queue.insert(0, (job.sub, job.attempt + 1))
-    else:
-        finish(job, _crashed(job, run_id, f"its node was lost {job.attempt} times", exc))
-
-
-def _settle(job: _Running, finish, queue: list, unreachable: list, options: DriverOptions, run_id: str) -> None:
-    """Turn a finished (or dead) actor call into a result, a retry, or a wait for the node's fate."""
-    try:
-        finish(job, ray.get(job.ref))
-    except RayActorError as exc:
-        _note_node(job)
-        if not _node_alive(job.node_id):
-            _retry_or_give_up(job, finish, queue, options, run_id, exc)
-        elif isinstance(exc, ActorUnavailableError) or exc.preempted:
-            job.unreachable_since, job.error = time.time(), exc
-            unreachable.append(job)
-        else:
-            finish(job, _crashed(job, run_id, "the actor process died", exc))
-    except Exception as exc:  # e.g. a result that could not be deserialised
-        finish(job, _crashed(job, run_id, "the result could not be read", exc))
-
-
-def _resolve_unreachable(job: _Running, finish, queue: list, unreachable: list, options: DriverOptions,
-                         run_id: str) -> None:
-    """An unreachable actor's node is either declared dead (retry) or, after a grace period, not (crashed)."""
-    if not _node_alive(job.node_id):
-        unreachable.remove(job)
-        _retry_or_give_up(job, finish, queue, options, run_id, job.error)
-    elif time.time() - job.unreachable_since > NODE_DEATH_GRACE_S:
-        unreachable.remove(job)
-        finish(job, _crashed(job, run_id, "the actor stayed unreachable", job.error))
+    driver = _Driver([s for s in subs if s.submission_id not in skipped], splits, config, folder, options, keys,
+                     slots, actor_class)
+    driver.statuses.update({e.submission_id: "error" for e in manifest_errors})
+    driver.written.extend(e.submission_id for e in manifest_errors)
+    driver.run()
+    return DriverSummary(written=tuple(driver.written), skipped=skipped, statuses=driver.statuses,
+                         scheduling=scheduling, slots=driver.slots, gpu_models=tuple(sorted(models)),
+                         makespan_s=time.monotonic() - started, device=device, attempts=driver.attempts)

@@ -18,42 +18,25 @@ import os
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from esr_eval.adapter import ForwardAdapter
-from esr_eval.complexity import DEFAULT_INPUT_SHAPE, measure_complexity
+from esr_eval.complexity import measure_complexity
 from esr_eval.data import Split, embedded_split, load_pair
 from esr_eval.hygiene import check_hygiene
 from esr_eval.loading import load_submission
 from esr_eval.manifest import Submission, SubmissionError
 from esr_eval.provenance import device_facts, facts_dict
 from esr_eval.quality import NonFiniteOutputError, score, to_uint8
-from esr_eval.records import SampleRow, SplitRow, SubmissionRow
-from esr_eval.timing import DEFAULT, TimingProtocol, summarize, time_split
+from esr_eval.records import EvaluationResult, SampleRow, SplitRow, SubmissionRow
+from esr_eval.settings import EvaluationConfig  # noqa: F401 (defined there, torch-free; imported from here too)
+from esr_eval.timing import summarize, time_split
 
 HYGIENE_IMAGES = 3
 DECODE_THREADS = 8
 _MIB = 2 ** 20
-
-
-@dataclass(frozen=True)
-class EvaluationConfig:
-    protocol: TimingProtocol = DEFAULT
-    device: str = "cpu"
-    torch_threads: int | None = None
-    complexity_input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE
-    hygiene: bool = True
-    ssim: bool = False
-
-
-@dataclass(frozen=True)
-class EvaluationResult:
-    submission: SubmissionRow
-    splits: tuple[SplitRow, ...] = ()
-    samples: tuple[SampleRow, ...] = field(default_factory=tuple)
 
 
 class EvaluationError(Exception):

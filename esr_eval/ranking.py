@@ -5,13 +5,24 @@ Contract
   ids, ``status``, ``val_psnr_db`` / ``test_psnr_db`` (the splits the protocol maps to the valid
   and test roles), one column per protocol metric (``splits.*`` metrics combined over the two
   roles, plus ``val_<metric>`` / ``test_<metric>``), and ``timing_protocol`` when recorded.
+- ``find_baseline(metrics, protocol) -> BaselineChoice``: the baseline row, by the protocol's
+  identity (the one row whose ``name`` matches ``identity.name_pattern`` and whose measured
+  figures reproduce every published one) or, after ``protocol.with_baseline(id)``, the named row,
+  verified against the published figures. Raises ``BaselineError`` (naming the fix:
+  ``--baseline SUBMISSION_ID``, or evaluating the baseline model in the run) when the identity
+  matches no row while the scores need the baseline's run figures, matches several rows, or the
+  named row fails verification without ``accept_mismatch``; a ranking never scores against
+  another model than the rules name.
 - ``rank(metrics, protocol, samples=None)``: the ``rankings`` table, one row per input row, none
   dropped. Per row: ``role`` (entry | baseline | reference), ``gate_pass`` / ``gate_reason``, each
   metric value, ``metric_rank_<m>`` for every ranked metric, ``metric_score_<m>`` (exp-ratio
   score) for metrics of exp_ratio tracks, and per track ``score_<track>`` and ``rank_<track>``
   (nullable Int64). ``excluded_reason`` says why a row is not ranked in some track (failed
   status, baseline/reference role, PSNR gate, missing metric or baseline value); null when the
-  row is ranked in every track.
+  row is ranked in every track. On every row, the same: ``baseline_submission_id`` (null when
+  the run holds none), ``baseline_selection`` (``identity`` | ``explicit`` |
+  ``explicit-unverified`` | ``absent``) and ``baseline_check`` (what was compared);
+  ``baseline_summary(rankings)`` says it in one line.
 - Ranks are min-style (ties share the smallest rank: 1, 2, 2, 4), as the published 2022 rank
   sums use, over the rows ranked in that track; lower score is better in every track.
   ``rank_sum`` tracks sum the metric ranks; ``exp_ratio`` tracks sum
@@ -45,13 +56,18 @@ from scipy.stats import rankdata
 from esr_eval.protocols import (
     PSNR_COLUMN_BY_ROLE,
     ROLES,
+    BaselineIdentity,
     RankingProtocol,
     load_protocol,
 )
 
 __all__ = [
+    "BaselineChoice",
+    "BaselineError",
     "GateThreshold",
     "RunTables",
+    "baseline_summary",
+    "find_baseline",
     "gate_thresholds",
     "load_protocol",
     "metrics_table",
@@ -214,22 +230,115 @@ def _score(
     return _Scores(metric_ranks, metric_scores, track_scores, track_ranks)
 
 
-def _roles(table: pd.DataFrame, protocol: RankingProtocol) -> tuple[np.ndarray, list[str | None]]:
-    """(role, reason not ranked) per row; a baseline match wins over a reference match."""
+class BaselineError(ValueError):
+    """The run's baseline cannot be established; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class BaselineChoice:
+    """The baseline row of a metrics table (``index`` None when the run holds none), how it was
+    chosen (``selection``: identity | explicit | explicit-unverified | absent) and what was compared."""
+
+    index: int | None
+    submission_id: str | None
+    selection: str
+    check: str
+
+
+def _list_ids(table: pd.DataFrame, mask: np.ndarray) -> str:
+    return ", ".join(map(str, table["submission_id"][mask])) or "none"
+
+
+def _reproduces_figures(table: pd.DataFrame, identity: BaselineIdentity) -> np.ndarray:
+    """Per row: whether its measured figures reproduce every published figure of ``identity``."""
+    return np.array([identity.verify(row)[0] for _, row in table.iterrows()], dtype=bool)
+
+
+def _explicit_baseline(table: pd.DataFrame, protocol: RankingProtocol) -> BaselineChoice:
+    baseline = protocol.baseline
+    identity = baseline.identity
+    hit = np.flatnonzero((table["submission_id"].astype(str) == baseline.submission_id).to_numpy())
+    if len(hit) == 0:
+        raise BaselineError(
+            f"--baseline {baseline.submission_id}: no such submission in this run; "
+            f"submissions: {_list_ids(table, np.ones(len(table), dtype=bool))}"
+        )
+    verified, check = identity.verify(table.iloc[hit[0]])
+    if verified:
+        return BaselineChoice(int(hit[0]), baseline.submission_id, "explicit", check)
+    if baseline.accept_mismatch:
+        return BaselineChoice(int(hit[0]), baseline.submission_id, "explicit-unverified", check)
+    raise BaselineError(
+        f"protocol {protocol.name}: --baseline {baseline.submission_id} is not the rules' baseline "
+        f"{identity.describe()}: {check}. Taking it would rank the run against another model than the "
+        f"rules name. Name the submission that is {identity.architecture} (--baseline SUBMISSION_ID), or, "
+        f"to score against {baseline.submission_id} anyway, add --accept-baseline-mismatch (the rankings record it)"
+    )
+
+
+def _absent_baseline_error(table: pd.DataFrame, protocol: RankingProtocol) -> BaselineError:
+    """The refusal of a run holding no submission of the baseline's identity, naming near misses and the fix."""
+    identity = protocol.baseline.identity
+    named = identity.name_mask(table).to_numpy()
+    same_figures = _reproduces_figures(table, identity)
+    hints = "".join(
+        f" {table['submission_id'].iloc[i]} is named like it, but {identity.verify(table.iloc[i])[1]}."
+        for i in np.flatnonzero(named)
+    )
+    if same_figures.any():
+        hints += f" Its published complexity under another name: {_list_ids(table, same_figures)}."
+    return BaselineError(
+        f"protocol {protocol.name}: its baseline {identity.describe()} is not in this run, and the scores "
+        f"need its figures from the run.{hints} Fix: evaluate that model in this run (the official layout "
+        f"ships it as team 00) and rank again, or name the submission that is {identity.architecture} "
+        "with --baseline SUBMISSION_ID (verified against the published figures)"
+    )
+
+
+def find_baseline(table: pd.DataFrame, protocol: RankingProtocol) -> BaselineChoice:
+    """The baseline row of ``table`` (a metrics table) under ``protocol`` (module doc); raises BaselineError."""
+    if protocol.baseline.submission_id is not None:
+        return _explicit_baseline(table, protocol)
+    identity = protocol.baseline.identity
+    matched = identity.name_mask(table).to_numpy() & _reproduces_figures(table, identity)
+    hits = np.flatnonzero(matched)
+    if len(hits) > 1:
+        raise BaselineError(
+            f"protocol {protocol.name}: {_list_ids(table, matched)} all match the baseline "
+            f"{identity.describe()}; choose one with --baseline SUBMISSION_ID"
+        )
+    if len(hits) == 1:
+        row = table.iloc[hits[0]]
+        check = f"name {row['name']} matches /{identity.name_pattern}/; {identity.verify(row)[1]}"
+        return BaselineChoice(int(hits[0]), str(row["submission_id"]), "identity", check)
+    if protocol.needs_run_baseline:
+        raise _absent_baseline_error(table, protocol)
+    constants = protocol.baseline.source == "constants"
+    why = "its figures come from the constants" if constants else "no track scores against it"
+    return BaselineChoice(None, None, "absent", f"no {identity.describe()} in this run; {why}")
+
+
+def baseline_summary(rankings: pd.DataFrame) -> str:
+    """One line: which submission the rankings took as baseline, and how (from its baseline_* columns)."""
+    if not len(rankings):
+        return "no submissions"
+    row = rankings.iloc[0]
+    taken = row["baseline_submission_id"] if isinstance(row["baseline_submission_id"], str) else "none"
+    return f"{taken} ({row['baseline_selection']}: {row['baseline_check']})"
+
+
+def _roles(
+    table: pd.DataFrame, protocol: RankingProtocol, choice: BaselineChoice
+) -> tuple[np.ndarray, list[str | None]]:
+    """(role, reason not ranked) per row; the baseline wins over a reference match."""
     role = np.full(len(table), "entry", dtype=object)
     reason: list[str | None] = [None] * len(table)
     for reference in protocol.references:
         for i in np.flatnonzero(reference.match.mask(table).to_numpy()):
             role[i], reason[i] = "reference", reference.reason
-    baseline_hit = protocol.baseline.match.mask(table).to_numpy()
-    if baseline_hit.sum() > 1:
-        raise ValueError(
-            f"protocol {protocol.source_path}: baseline.match ({protocol.baseline.match.describe()}) selects "
-            f"{', '.join(table['submission_id'][baseline_hit])}; make it select exactly one (e.g. by submission_id)"
-        )
-    for i in np.flatnonzero(baseline_hit):
-        role[i] = "baseline"
-        reason[i] = None if protocol.baseline.ranked else "baseline: scored for reference, not ranked"
+    if choice.index is not None:
+        role[choice.index] = "baseline"
+        reason[choice.index] = None if protocol.baseline.ranked else "baseline: scored for reference, not ranked"
     return role, reason
 
 
@@ -314,9 +423,7 @@ def _baseline_values(
         if protocol.baseline.source == "constants":
             baseline[name] = np.full(replicates, protocol.baseline.constant(name))
             continue
-        if len(index) == 0:
-            problems[name] = f"baseline ({protocol.baseline.match.describe()}) is not in this run"
-        elif table["status"].iloc[index[0]] != "ok":
+        if table["status"].iloc[index[0]] != "ok":
             row = table.iloc[index[0]]
             problems[name] = f"baseline {row['submission_id']} has status {row['status']}"
         elif np.isnan(values[name][0, index[0]]):
@@ -524,7 +631,10 @@ def rank(metrics: pd.DataFrame, protocol: RankingProtocol, samples: pd.DataFrame
     _require_columns(table, protocol.ranked_metric_names, f"metrics table (protocol {protocol.name} ranks these)")
     gated = tuple(PSNR_COLUMN_BY_ROLE[g.role] for g in protocol.gates)
     _require_columns(table, gated, f"metrics table (protocol {protocol.name} gates on these)")
-    role, role_reason = _roles(table, protocol)
+    identified_by = tuple(f.metric for f in protocol.baseline.identity.published)
+    _require_columns(table, identified_by, f"metrics table (protocol {protocol.name} identifies its baseline by these)")
+    choice = find_baseline(table, protocol)
+    role, role_reason = _roles(table, protocol, choice)
     gate_pass, gate_reason, gate_failures = _gates(table, protocol)
     status_ok = (table["status"] == "ok").to_numpy()
     rankable = status_ok & gate_pass & ((role == "entry") | ((role == "baseline") & protocol.baseline.ranked))
@@ -545,6 +655,9 @@ def rank(metrics: pd.DataFrame, protocol: RankingProtocol, samples: pd.DataFrame
         if column in table.columns:
             out[column] = table[column]
     out["role"] = role
+    out["baseline_submission_id"] = pd.Series([choice.submission_id] * len(table), dtype="object")
+    out["baseline_selection"] = choice.selection
+    out["baseline_check"] = choice.check
     out["gate_pass"] = gate_pass
     out["gate_reason"] = gate_reason
     shown = [c for c in table.columns if c.endswith("_psnr_db") or c in {m.name for m in protocol.metrics}

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "error", "timeout", "crashed")
+STATUSES = ("ok", "error", "timeout", "startup_timeout", "crashed")
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,15 @@ class SampleRow:
     ssim: float | None = None
     psnr_y_db: float | None = None
     ssim_y: float | None = None
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Everything one submission produced: its row, and its split and sample rows (maybe none)."""
+
+    submission: SubmissionRow
+    splits: tuple[SplitRow, ...] = ()
+    samples: tuple[SampleRow, ...] = ()
 
 
 TABLES: dict[str, type] = {"submissions": SubmissionRow, "splits": SplitRow, "samples": SampleRow}

@@ -6,7 +6,8 @@ Contract
   (default ``<run_dir>/report``):
   * ``report.html``: CSS inline, plots embedded as base64 PNG, no external resource;
   * ``report.md`` with the PNG files beside it (``psnr_vs_runtime.png``, ``scores_<track>.png``).
-- Sections: summary of the rules; the challenge's results table (team, method, val/test PSNR,
+- Sections: summary of the rules and of the baseline taken (which submission, identity match or
+  explicit, what was verified); the challenge's results table (team, method, val/test PSNR,
   val/test/average runtime, params [M], FLOPs [G], activations [M], memory [MB], #conv, each
   ranked metric and track score with its rank in parentheses); one ranking per track with 95 %
   bootstrap intervals and statistically tied neighbours; entries not ranked with their reasons;
@@ -31,7 +32,15 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from esr_eval.protocols import PSNR_COLUMN_BY_ROLE, RankingProtocol, load_protocol
-from esr_eval.ranking import ROLE_PREFIX, gate_thresholds, metrics_table, rank, read_run, runtime_metric_names
+from esr_eval.ranking import (
+    ROLE_PREFIX,
+    baseline_summary,
+    gate_thresholds,
+    metrics_table,
+    rank,
+    read_run,
+    runtime_metric_names,
+)
 
 MISSING = "–"
 # PSNR-vs-runtime axes: points further than this below the ranked entries / gate, or further off
@@ -205,14 +214,15 @@ def _flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
     return [(prefix.rstrip("."), str(value))]
 
 
-def _provenance_table(run_info: dict, protocol: RankingProtocol) -> _Table:
+def _provenance_table(run_info: dict, protocol: RankingProtocol, rankings: pd.DataFrame) -> _Table:
     confidence = protocol.confidence
     rules = [
         ("protocol.name", protocol.name),
         ("protocol.source", protocol.source_path),
         ("protocol.splits", ", ".join(f"{role} = {split}" for role, split in protocol.splits)),
         ("protocol.gate_rounding", protocol.gate_rounding),
-        ("protocol.baseline", f"{protocol.baseline.match.describe()}, figures from {protocol.baseline.source}"),
+        ("protocol.baseline", f"{protocol.baseline.identity.describe()}, figures from {protocol.baseline.source}"),
+        ("rankings.baseline", baseline_summary(rankings)),
         ("protocol.bootstrap", f"{confidence.resamples} resamples, seed {confidence.seed}, level {confidence.level:g}"),
     ]
     rows = tuple(rules + _flatten(run_info, "run."))
@@ -360,7 +370,7 @@ def _rules_note(rankings: pd.DataFrame, protocol: RankingProtocol) -> str:
     return (
         f"{protocol.description} — {len(rankings)} submissions, {n_ranked} ranked in the main track. "
         f"PSNR gate: {gates}, compared {'after 2-decimal rounding' if protocol.gate_rounding == '2dp' else 'exactly'}. "
-        f"Baseline: {protocol.baseline.match.describe()}, figures from {protocol.baseline.source}. "
+        f"Baseline: {baseline_summary(rankings)}; figures from {protocol.baseline.source}. "
         "Ranks are min-style (ties share the smallest rank); lower score is better; the number in "
         "parentheses is the rank."
     )
@@ -393,7 +403,7 @@ def _sections(
         "Hygiene findings, FLOP-audit flags and declared loading exceptions; they do not change the ranking."
         if flags.rows else "No hygiene finding, FLOP-audit flag or declared loading exception.",
         flags if flags.rows else None))
-    sections.append(_Section("Provenance", "", _provenance_table(dict(run_info), protocol)))
+    sections.append(_Section("Provenance", "", _provenance_table(dict(run_info), protocol, rankings)))
     return sections
 
 

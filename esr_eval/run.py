@@ -12,7 +12,8 @@ Contract
   flight.
 * A submission's *fingerprint* hashes its manifest, checkpoint, timing protocol and dataset
   hashes; :meth:`RunFolder.completed` returns the fingerprints already finished (status ``ok``
-  or ``error``; ``timeout``/``crashed`` are retried on resume).
+  or ``error``, measured on the run's device kind and GPU model; ``timeout``, ``startup_timeout``
+  and ``crashed`` are retried on resume).
 """
 
 from __future__ import annotations
@@ -77,12 +78,35 @@ def resolve_splits(data_root: Path | None, names: list[str] | None, pairs: list[
 @dataclass
 class RunFolder:
     path: Path
+    created: bool = False
 
     @classmethod
     def create(cls, results_root: Path, run_id: str) -> "RunFolder":
         path = Path(results_root) / run_id
+        created = not path.exists()
         path.mkdir(parents=True, exist_ok=True)
-        return cls(path)
+        return cls(path, created)
+
+    @classmethod
+    def open(cls, results_root: Path, run_id: str) -> "RunFolder":
+        """Create (or reopen, to resume) and lock a run folder; a refused lock leaves nothing new behind."""
+        folder = cls.create(results_root, run_id)
+        try:
+            folder.lock()
+        except RunLockedError:
+            folder.close(discard_if_empty=True, locked=False)
+            raise
+        return folder
+
+    def close(self, discard_if_empty: bool = False, locked: bool = True) -> None:
+        """Release the lock; with ``discard_if_empty``, remove a folder this driver created and
+        never wrote a row into (a run that failed to start leaves no empty folder)."""
+        if locked:
+            self.unlock()
+        if discard_if_empty and self.created and not any(p.is_dir() for p in self.path.iterdir()):
+            (self.path / "run.json").unlink(missing_ok=True)
+            if not any(self.path.iterdir()):
+                self.path.rmdir()
 
     @property
     def run_id(self) -> str:
@@ -143,10 +167,21 @@ class RunFolder:
                 (self.path / table / f"{sid}.parquet").unlink(missing_ok=True)
         write_rows(self.path, "submissions", [row], sid)
 
-    def completed(self) -> dict[str, str]:
-        """submission_id → fingerprint of results that need not run again."""
+    def completed(self, device_kind: str | None = None, gpu_models: set[str] | None = None) -> dict[str, str]:
+        """submission_id → fingerprint of results that need not run again.
+
+        With ``device_kind``, only rows measured on that kind of device count (a CPU-timed row never
+        completes a GPU run); with ``gpu_models`` (Ray accelerator types such as ``A10G``), a GPU row
+        counts only if its device name contains one of them.
+        """
         table = read_table(self.path, "submissions")
         done = table[table["status"].isin(RESUMABLE_STATUSES)]
+        if device_kind is not None:
+            done = done[done["device_kind"] == device_kind]
+        known = {m.lower() for m in gpu_models or ()} - {"unknown"}
+        if known:
+            names = done["device_name"].fillna("").str.lower()
+            done = done[names.map(lambda name: any(model in name for model in known))]
         return dict(zip(done["submission_id"], done["fingerprint"]))
 
 

@@ -71,5 +71,8 @@ def test_rank_auto_protocol_is_demo_for_the_embedded_split(factory, tmp_path, ca
     main(["evaluate", "--root", str(factory.root), "--manifests", str(factory.manifests),
           "--results", str(results), "--run-id", "r", "--repeats", "1", "--no-hygiene"])
     capsys.readouterr()
-    assert main(["rank", str(results / "r"), "--resamples", "20"]) == 0
+    assert main(["rank", str(results / "r"), "--resamples", "20"]) == 2  # no RLFN in the run: refused
+    assert "protocol demo: its baseline RLFN_Prune" in capsys.readouterr().err
+    assert main(["rank", str(results / "r"), "--resamples", "20",
+                 "--baseline", "team10_Tiny", "--accept-baseline-mismatch"]) == 0
     assert "protocol demo" in capsys.readouterr().out

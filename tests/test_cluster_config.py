@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from esr_eval.driver import RAY_ENV
+from esr_eval.nodes import RAY_ENV
 
 jsonschema = pytest.importorskip("jsonschema")
 util = pytest.importorskip("ray.autoscaler._private.util")

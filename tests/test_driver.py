@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
-from esr_eval.driver import DriverOptions, HomogeneityError, apply_ray_env, run_distributed
+import evaluate_all
+from esr_eval.data import embedded_split
+from esr_eval.driver import DriverOptions, HomogeneityError, SubmissionActor, run_distributed
 from esr_eval.evaluate import EvaluationConfig
 from esr_eval.manifest import discover_all
+from esr_eval.nodes import apply_ray_env
 from esr_eval.run import RunFolder, new_run_id
-from esr_eval.data import embedded_split
 from esr_eval.timing import OFFICIAL
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
 
 FAKE_GPUS = 2
-CONFIG = EvaluationConfig(protocol=OFFICIAL, device="auto", hygiene=False, complexity_input_shape=(1, 3, 16, 16))
+CONFIG = EvaluationConfig(protocol=OFFICIAL, device="cpu", hygiene=False, complexity_input_shape=(1, 3, 16, 16))
+GPU_RUN = EvaluationConfig(protocol=OFFICIAL, device="auto", hygiene=False, complexity_input_shape=(1, 3, 16, 16))
 UP = "self.shuffle(self.tail(self.head(x)))"
 
 
@@ -29,10 +34,10 @@ def ray_instance(tmp_path_factory):
     ray.shutdown()
 
 
-def _run(factory, tmp_path, run_id=None, **options):
+def _run(factory, tmp_path, run_id=None, config=CONFIG, **options):
     subs, errors = discover_all(factory.manifests, factory.root)
     folder = RunFolder.create(tmp_path / "results", run_id or new_run_id())
-    summary = run_distributed(subs, errors, [embedded_split()], CONFIG, folder,
+    summary = run_distributed(subs, errors, [embedded_split()], config, folder,
                               DriverOptions(progress=False, **options))
     return summary, pd.read_parquet(folder.path / "submissions").set_index("submission_id"), folder
 
@@ -114,3 +119,74 @@ def test_pinning_an_absent_gpu_model_is_refused(factory, tmp_path):
     factory.make()
     with pytest.raises(HomogeneityError, match="no GPU of model"):
         _run(factory, tmp_path, gpu_model="H100")
+
+
+class SlowStartActor(SubmissionActor):
+    """An actor whose process takes START_S to come up (as on a loaded node), before any submission code."""
+
+    START_S = 4.0
+
+    def __init__(self):
+        import time
+
+        time.sleep(self.START_S)
+
+
+def test_gpu_run_where_torch_sees_no_cuda_is_an_error_row_never_a_cpu_timing(factory, tmp_path):
+    factory.make()
+    summary, subs, folder = _run(factory, tmp_path, config=GPU_RUN)
+    row = subs.loc["team10_Tiny"]
+    assert summary.device == "cuda" and summary.scheduling == "gpu"
+    assert row["status"] == "error" and row["error_stage"] == "device"
+    assert "sees no CUDA device" in row["error"] and "--device cpu" in row["error"]
+    assert not (folder.path / "samples").exists()
+
+
+def test_resume_of_a_gpu_run_does_not_take_cpu_timed_rows_as_complete(factory, tmp_path):
+    factory.make()
+    _, cpu_rows, _ = _run(factory, tmp_path, run_id="kinds")
+    assert cpu_rows.loc["team10_Tiny", "status"] == "ok" and cpu_rows.loc["team10_Tiny", "device_kind"] == "cpu"
+    again, _, _ = _run(factory, tmp_path, run_id="kinds")
+    assert again.skipped == ("team10_Tiny",)  # same device kind: complete
+    gpu, gpu_rows, _ = _run(factory, tmp_path, run_id="kinds", config=GPU_RUN)
+    assert gpu.skipped == () and gpu.written == ("team10_Tiny",)
+    assert gpu_rows.loc["team10_Tiny", "status"] == "error"
+
+
+def test_slow_actor_start_does_not_count_against_the_submission(factory, tmp_path):
+    factory.make()
+    timeout_s = SlowStartActor.START_S / 2
+    _, subs, _ = _run(factory, tmp_path, actor_class=SlowStartActor, timeout_s=timeout_s)
+    assert subs.loc["team10_Tiny", "status"] == "ok", subs.loc["team10_Tiny", "error"]
+
+
+def test_an_actor_that_cannot_start_in_time_is_a_startup_timeout_not_the_submissions(factory, tmp_path):
+    factory.make()
+    _, subs, _ = _run(factory, tmp_path, actor_class=SlowStartActor, startup_timeout_s=SlowStartActor.START_S / 4)
+    row = subs.loc["team10_Tiny"]
+    assert row["status"] == "startup_timeout"
+    assert "did not start within" in row["error"] and "no submission code ran" in row["error"]
+
+
+def test_evaluate_all_refuses_an_unknown_gpu_model_before_any_run_folder(factory, tmp_path, capsys):
+    factory.make()
+    results = tmp_path / "results"
+    code = evaluate_all.main(["--address", ray.get_runtime_context().gcs_address, "--root", str(factory.root),
+                              "--manifests", str(factory.manifests), "--results", str(results),
+                              "--gpu-model", "H100", "--no-progress", "--rank", "none"])
+    assert code == 2
+    assert "--gpu-model H100: the cluster has no such GPU" in capsys.readouterr().err
+    assert not results.exists() or not any(results.iterdir())
+
+
+def test_evaluate_all_records_which_ray_instance_it_joined_and_why(factory, tmp_path):
+    factory.make()
+    results = tmp_path / "results"
+    address = ray.get_runtime_context().gcs_address
+    code = evaluate_all.main(["--address", address, "--root", str(factory.root), "--manifests",
+                              str(factory.manifests), "--results", str(results), "--run-id", "joined",
+                              "--device", "cpu", "--no-hygiene", "--no-progress", "--rank", "none"])
+    meta = json.loads((results / "joined" / "run.json").read_text())
+    assert code == 0
+    assert (meta["ray_address"], meta["ray_address_source"]) == (address, "--address")
+    assert meta["device"] == "cpu" and meta["device_kinds_measured"] == ["cpu"]

@@ -1,7 +1,10 @@
-"""Several simulated nodes (ray.cluster_utils.Cluster): node loss is retried elsewhere; GPU homogeneity."""
+"""Several simulated nodes (ray.cluster_utils.Cluster, one raylet process per node): node loss is
+retried elsewhere — a node removed, and a node whose raylet is SIGKILLed — and GPU homogeneity."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -9,7 +12,8 @@ import pandas as pd
 import pytest
 
 from esr_eval.data import embedded_split
-from esr_eval.driver import DriverOptions, HomogeneityError, apply_ray_env, run_distributed
+from esr_eval.driver import DriverOptions, HomogeneityError, run_distributed
+from esr_eval.nodes import apply_ray_env
 from esr_eval.evaluate import EvaluationConfig
 from esr_eval.manifest import discover_all
 from esr_eval.run import RunFolder, new_run_id
@@ -19,9 +23,12 @@ ray = pytest.importorskip("ray")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
 pytestmark = pytest.mark.ray
 
-CONFIG = EvaluationConfig(protocol=OFFICIAL, device="auto", hygiene=False, complexity_input_shape=(1, 3, 16, 16))
+CONFIG = EvaluationConfig(protocol=OFFICIAL, device="cpu", hygiene=False, complexity_input_shape=(1, 3, 16, 16))
 UP = "self.shuffle(self.tail(self.head(x)))"
 GPU_NODE = {"num_cpus": 1, "num_gpus": 1, "resources": {"accelerator_type:A10G": 1}}
+# A dead raylet is declared dead after ~3 missed health checks of 1 s (Ray's default is ~15 s+).
+HEALTH_CHECKS = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3,
+                 "health_check_timeout_ms": 1000, "health_check_initial_delay_ms": 1000}
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +36,8 @@ def cluster():
     apply_ray_env()
     if ray.is_initialized():
         ray.shutdown()
-    sim = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+    sim = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0,
+                                                                      "_system_config": HEALTH_CHECKS})
     nodes = [sim.add_node(**GPU_NODE) for _ in range(3)]
     ray.init(address=sim.address, log_to_driver=False)
     sim.wait_for_nodes()
@@ -91,3 +99,84 @@ def test_node_lost_mid_submission_is_retried_on_another_node(cluster, factory, t
     assert len(subs) == 3 and subs["attempts"].max() == 2
     retried = subs[subs["attempts"] == 2]
     assert (retried["node_id"] != victim["node_id"]).all()
+
+
+def _logging_submissions(factory, log, count: int, sleep_s: float) -> None:
+    for i in range(count):
+        factory.make(f"team2{i}_Slow", team_id=f"2{i}", model_source={
+            "prelude": "import os, time, ray\n",
+            "forward_body": (f"open({str(log)!r}, 'a').write(ray.get_runtime_context().get_node_id() + ' ' + "
+                             f"str(os.getpid()) + '\\n'); time.sleep({sleep_s}); return {UP}")})
+
+
+def _first_busy(log, nodes, deadline_s: float = 180):
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        lines = log.read_text().split("\n") if log.exists() else []
+        if lines and lines[0]:
+            node_id, pid = lines[0].split()
+            return next(n for n in nodes if n.node_id == node_id), int(pid)
+        time.sleep(0.05)
+    return None, None
+
+
+def _wait_until_dead(node_ids, deadline_s: float = 120) -> None:
+    """Removed nodes stay listed alive until their health checks fail; later tests must not land there."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline and any(n["Alive"] for n in ray.nodes() if n["NodeID"] in node_ids):
+        time.sleep(0.2)
+
+
+def _raylet_pid(node) -> int:
+    from ray._private import ray_constants
+
+    return node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+
+
+@pytest.mark.parametrize("how", ["raylet", "actor_then_raylet"])
+def test_node_whose_raylet_is_sigkilled_mid_submission_is_retried(cluster, factory, tmp_path, how):
+    """How a reclaimed spot instance dies. ``actor_then_raylet``: the actor's process is killed first
+    and its raylet 0.5 s later, so the actor's error reaches the driver while the cluster still
+    lists the node alive — the driver must wait for the node's fate, not record a crash."""
+    sim, nodes = cluster
+    fresh = [sim.add_node(**GPU_NODE) for _ in range(2)]
+    sim.wait_for_nodes()
+    log = tmp_path / "nodes.log"
+    _logging_submissions(factory, log, count=3, sleep_s=1.5)
+    victim = {}
+
+    def kill_a_busy_node():
+        node, actor_pid = _first_busy(log, nodes + fresh)
+        if node is None:
+            return
+        victim["node_id"] = node.node_id
+        if how == "actor_then_raylet":
+            os.kill(actor_pid, signal.SIGKILL)
+            time.sleep(0.5)
+        os.kill(_raylet_pid(node), signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_a_busy_node)
+    killer.start()
+    try:
+        summary, subs = _run(factory, tmp_path, max_attempts=3)
+    finally:
+        killer.join()
+        for node in fresh:  # the victim's leftover processes too; the cluster stays as the fixture made it
+            sim.remove_node(node, allow_graceful=False)
+        for node in [n for n in nodes if n.node_id == victim.get("node_id")]:
+            nodes.remove(node)
+            sim.remove_node(node, allow_graceful=False)
+        _wait_until_dead([n.node_id for n in fresh] + [victim.get("node_id")])
+    assert victim, "no submission started"
+    assert (subs["status"] == "ok").all(), subs[["status", "attempts", "error"]].to_string()
+    assert sorted(subs["attempts"]) == [1, 1, 2]
+    assert (subs.loc[subs["attempts"] == 2, "node_id"] != victim["node_id"]).all()
+    assert victim["node_id"] not in set(subs["node_id"])  # nothing finished on the dying node
+
+
+def test_an_actor_that_dies_on_a_healthy_node_is_crashed_not_retried(cluster, factory, tmp_path):
+    factory.make("team30_Exits", team_id="30", model_source={"prelude": "import os\n", "forward_body": "os._exit(7)"})
+    summary, subs = _run(factory, tmp_path, max_attempts=3)
+    row = subs.loc["team30_Exits"]
+    assert row["status"] == "crashed" and row["attempts"] == 1, row["error"]
+    assert "its node is healthy" in row["error"]

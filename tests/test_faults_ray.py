@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from esr_eval.data import embedded_split
-from esr_eval.driver import DriverOptions, apply_ray_env, run_distributed
+from esr_eval.driver import DriverOptions, run_distributed
+from esr_eval.nodes import apply_ray_env
 from esr_eval.evaluate import EvaluationConfig
 from esr_eval.manifest import discover_all
 from esr_eval.run import LOCK_NAME, RunFolder, fingerprint
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.ray
 
 FAKE_GPUS = 2
 TIMEOUT_S = 30.0
-CONFIG = EvaluationConfig(protocol=OFFICIAL, device="auto", complexity_input_shape=(1, 3, 32, 32))
+CONFIG = EvaluationConfig(protocol=OFFICIAL, device="cpu", complexity_input_shape=(1, 3, 32, 32))
 PROCESS_FAULTS = [
     # submission id, status, text in the error
     ("team48_Hangs", "timeout", f"no result within {TIMEOUT_S:.0f} s; the actor was killed. Fix:"),
@@ -96,7 +97,7 @@ def test_ray_driver_killed_mid_run_then_resumed(ray_instance, factory, tmp_path)
     driver = subprocess.Popen(
         [sys.executable, str(REPO_ROOT / "evaluate_all.py"), "--address", ray_instance, "--root", str(factory.root),
          "--manifests", str(factory.manifests), "--results", str(results), "--run-id", "killed", "--no-hygiene",
-         "--protocol", "official", "--no-progress"],
+         "--protocol", "official", "--device", "cpu", "--no-progress"],
         cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 180
@@ -115,7 +116,7 @@ def test_ray_driver_killed_mid_run_then_resumed(ray_instance, factory, tmp_path)
     folder = RunFolder(run_dir)
     folder.lock()  # the stale lock is taken over
     try:
-        summary = run_distributed(subs, errors, [embedded_split()], EvaluationConfig(protocol=OFFICIAL, device="auto",
+        summary = run_distributed(subs, errors, [embedded_split()], EvaluationConfig(protocol=OFFICIAL, device="cpu",
                                                                                      hygiene=False),
                                   folder, DriverOptions(progress=False, timeout_s=120))
     finally:

@@ -14,19 +14,23 @@ import pytest
 
 from esr_eval.protocols import ProtocolError, builtin_protocol_names, load_protocol
 from tests.conftest import SHARED
-from esr_eval.ranking import metrics_table, rank, rank_run, read_run
+from esr_eval.ranking import BaselineError, metrics_table, rank, rank_run, read_run
 from esr_eval.synthetic import write_synthetic_run
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = SHARED / "reference"
 NTIRE2022_CSV = REFERENCE / "ntire2022_results.csv"
+# RLFN_Prune's published complexity: the baseline identity of ntire2024 and demo.
+RLFN_FIGURES = {"params": 317_218.0, "flops": 19_674_859_520.0}
 
 
 def _table(rows: list[dict]) -> pd.DataFrame:
-    """A metrics table from short rows: defaults for ids, status and every 2024 metric."""
+    """A metrics table from short rows: defaults for ids, status and every 2024 metric; a row
+    named RLFN defaults to RLFN's published complexity, so the protocols take it as baseline."""
     defaults = {"status": "ok", "val_psnr_db": 27.0, "test_psnr_db": 27.1, "runtime_ms": 10.0,
                 "params": 300_000.0, "flops": 2.0e10, "activations": 8.0e7, "memory_mb": 400.0, "num_conv": 39.0}
-    table = pd.DataFrame([{**defaults, **row} for row in rows])
+    rlfn = {sid: RLFN_FIGURES for sid in (row["submission_id"] for row in rows) if sid.endswith("_RLFN")}
+    table = pd.DataFrame([{**defaults, **rlfn.get(row["submission_id"], {}), **row} for row in rows])
     table["team_id"] = table["submission_id"].str.slice(4, 6)
     table["name"] = table["submission_id"].str.split("_").str[1]
     return table
@@ -149,11 +153,18 @@ def test_2024_baseline_scores_exp2_on_every_track_from_run_and_constants() -> No
         assert pd.isna(rankings.loc["team00_RLFN", "rank_main"]) and rankings.loc["team01_Half", "rank_main"] == 1
 
 
-def test_missing_baseline_leaves_exp_tracks_unranked_with_reason() -> None:
-    rankings = rank(_table([{"submission_id": "team01_A"}]), load_protocol("ntire2024"))
-    assert rankings["rank_main"].isna().all()
-    expected = "no baseline runtime_ms (baseline (team_id == '00') is not in this run)"
-    assert expected in rankings.loc[0, "excluded_reason"]
+def test_missing_baseline_is_refused_with_the_fix() -> None:
+    with pytest.raises(BaselineError, match=r"its baseline RLFN_Prune .* is not in this run.*--baseline SUBMISSION_ID"):
+        rank(_table([{"submission_id": "team01_A"}]), load_protocol("ntire2024"))
+
+
+def test_baseline_without_runtime_leaves_exp_tracks_unranked_with_reason() -> None:
+    table = _table([{"submission_id": "team00_RLFN", "status": "timeout", "runtime_ms": np.nan},
+                    {"submission_id": "team01_A"}])
+    rankings = rank(table, load_protocol("ntire2024")).set_index("submission_id")
+    assert rankings.loc["team00_RLFN", "role"] == "baseline" and rankings["rank_main"].isna().all()
+    expected = "no baseline runtime_ms (baseline team00_RLFN has status timeout)"
+    assert expected in rankings.loc["team01_A", "excluded_reason"]
 
 
 # --- gates, ties, missing metrics, failures -----------------------------------------------------
@@ -180,7 +191,7 @@ def test_relative_gate_is_bicubic_plus_margin() -> None:
         {"submission_id": "team99_Bicubic", "val_psnr_db": 26.0, "params": 0.0, "flops": 0.0},
         {"submission_id": "team00_RLFN", "val_psnr_db": 27.0},
         {"submission_id": "team01_Close", "val_psnr_db": 26.29},
-        {"submission_id": "team02_Over", "val_psnr_db": 26.31},
+        {"submission_id": "team02_Over", "val_psnr_db": 26.31, **RLFN_FIGURES},
     ])
     rankings = rank(table, load_protocol("demo")).set_index("submission_id")
     order = ["team00_RLFN", "team01_Close", "team02_Over", "team99_Bicubic"]

@@ -112,9 +112,12 @@ def test_report_renders_in_headless_chromium(report, tmp_path: Path) -> None:
 
 
 def test_report_of_a_run_with_no_ranked_entry(tmp_path):
-    """A run holding only the bicubic reference still gets a report (empty score plots)."""
+    """A run holding only the bicubic reference and a timed-out baseline still gets a report (empty score plots)."""
     from esr_eval.records import SplitRow, SubmissionRow, write_rows
 
+    write_rows(tmp_path, "submissions", [SubmissionRow(run_id="r", submission_id="team00_RLFN", team_id="00",
+                                                       name="RLFN", status="timeout", params=317_218,
+                                                       flops_fvcore=19_674_859_520)], "team00_RLFN")
     write_rows(tmp_path, "submissions", [SubmissionRow(run_id="r", submission_id="team99_Bicubic", team_id="99",
                                                        name="Bicubic", status="ok", params=0, flops_fvcore=0,
                                                        activations=0, num_conv=0)], "team99_Bicubic")
@@ -134,7 +137,9 @@ def test_flags_for_the_organiser_are_listed(tmp_path):
                           hygiene_flags="input_mutated,data_range", strict=False),
             SubmissionRow(run_id="r", submission_id="team11_B", team_id="11", name="B", status="ok",
                           hygiene_flags="", flops_audit_flag=True, flops_audit_ratio=2.5),
-            SubmissionRow(run_id="r", submission_id="team12_C", team_id="12", name="C", status="ok", hygiene_flags="")]
+            SubmissionRow(run_id="r", submission_id="team12_C", team_id="12", name="C", status="ok", hygiene_flags=""),
+            SubmissionRow(run_id="r", submission_id="team00_RLFN", team_id="00", name="RLFN", status="ok",
+                          hygiene_flags="", params=317_218, flops_fvcore=19_674_859_520)]
     for row in rows:
         write_rows(tmp_path, "submissions", [row], row.submission_id)
     text = write_report(tmp_path, "demo").markdown.read_text()

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from esr_eval.data import SplitError, embedded_split
-from esr_eval.evaluate import EvaluationResult
+from esr_eval.records import EvaluationResult
 from esr_eval.manifest import parse_manifest
 from esr_eval.records import SampleRow, SubmissionRow, read_table
 from esr_eval.run import RunFolder, RunLockedError, fingerprint, resolve_splits

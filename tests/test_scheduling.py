@@ -6,7 +6,7 @@ import pytest
 
 from esr_eval.records import SubmissionRow
 from esr_eval.run import RunFolder
-from esr_eval.evaluate import EvaluationResult
+from esr_eval.records import EvaluationResult
 from esr_eval.scheduling import expected_seconds, lower_bound, lpt_makespan, lpt_order
 
 

@@ -10,8 +10,13 @@ Contract
     (``RankingProtocol.with_splits`` remaps them, e.g. from a CLI flag);
   * ``metrics``: each quantity, the run column it reads (``<table>.<column>`` of the run folder),
     how the valid and test values of a ``splits.*`` column combine, and its direction;
-  * ``baseline``: which submission it is, and whether its figures come from the same run
-    (``source: run``) or from the published constants in the file (``source: constants``);
+  * ``baseline``: what the baseline is, by identity, never by team or submission id: its
+    architecture (model class), the regex its submissions' ``name`` matches, and its published
+    complexity (``published``: protocol metric -> value and tolerance, 0 = exact; a rounded
+    figure gets half a unit of its last published digit); and whether its figures come from the
+    same run (``source: run``) or from the published constants in the file (``source:
+    constants``). ``RankingProtocol.with_baseline`` names the baseline submission explicitly
+    (``--baseline``); the ranking still verifies it against the published figures;
   * ``references``: other entries shown in reports but never ranked;
   * ``gates``: PSNR thresholds per role, absolute (``min_psnr_db``) or relative to a reference
     submission's PSNR on the same split (``reference`` + ``margin_db``), compared exactly or after
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -89,12 +95,72 @@ class MetricSpec:
         return f"{self.table}.{self.column}"
 
 
+def _count(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,g}"
+
+
+@dataclass(frozen=True)
+class PublishedFigure:
+    """A published complexity figure of the baseline: protocol metric ``metric`` (a
+    ``submissions.*`` count) equals ``value`` within ``tolerance`` (0 = exact)."""
+
+    metric: str
+    value: float
+    tolerance: float
+
+    @property
+    def published_as(self) -> str:
+        return f"{_count(self.value)} " + ("exact" if self.tolerance == 0 else f"± {_count(self.tolerance)}")
+
+    def describe(self) -> str:
+        return f"{self.metric} {self.published_as}"
+
+    def check(self, measured: Any) -> tuple[bool, str]:
+        """(whether ``measured`` reproduces the figure, a text saying what was compared)."""
+        if measured is None or math.isnan(float(measured)):
+            return False, f"{self.metric} not measured (published {self.published_as})"
+        ok = abs(float(measured) - self.value) <= self.tolerance
+        verdict = "matches" if ok else "differs from"
+        return ok, f"{self.metric} {_count(float(measured))} {verdict} published {self.published_as}"
+
+
+@dataclass(frozen=True)
+class BaselineIdentity:
+    """What the baseline model is: its class (``architecture``) and configuration (``variant``),
+    the regex its submission's ``name`` matches, and its published complexity."""
+
+    architecture: str
+    variant: str
+    name_pattern: str
+    published: tuple[PublishedFigure, ...]
+
+    def describe(self) -> str:
+        variant = f"{self.variant}; " if self.variant else ""
+        figures = ", ".join(f.describe() for f in self.published)
+        return f"{self.architecture} ({variant}name /{self.name_pattern}/; {figures})"
+
+    def name_mask(self, table: Any) -> Any:
+        """Boolean pandas Series over ``table`` rows whose ``name`` matches ``name_pattern``."""
+        return table["name"].astype(str).str.contains(self.name_pattern, regex=True, na=False)
+
+    def verify(self, row: Mapping[str, Any]) -> tuple[bool, str]:
+        """(whether ``row`` reproduces every published figure, the comparisons as one text);
+        ``row`` maps each figure's metric name to its measured value."""
+        checks = [figure.check(row[figure.metric]) for figure in self.published]
+        return all(ok for ok, _ in checks), "; ".join(text for _, text in checks)
+
+
 @dataclass(frozen=True)
 class Baseline:
-    match: Match
+    """The baseline's identity and figures source; ``submission_id`` set = named explicitly
+    (``RankingProtocol.with_baseline``), ``accept_mismatch`` = taken even if it fails verification."""
+
+    identity: BaselineIdentity
     source: str
     ranked: bool
     constants: tuple[tuple[str, float], ...]
+    submission_id: str | None = None
+    accept_mismatch: bool = False
 
     def constant(self, key: str) -> float | None:
         return dict(self.constants).get(key)
@@ -161,6 +227,12 @@ class RankingProtocol:
         return {t.name: t for t in self.tracks}[name]
 
     @property
+    def needs_run_baseline(self) -> bool:
+        """Whether scoring reads the baseline's figures from the run (``source: run`` and an
+        exp_ratio track); only then is a run without the baseline refused."""
+        return self.baseline.source == "run" and any(t.formula == "exp_ratio" for t in self.tracks)
+
+    @property
     def ranked_metric_names(self) -> tuple[str, ...]:
         """Metrics any track ranks, in the order ``metrics`` lists them."""
         used = {name for track in self.tracks for name in track.metric_names}
@@ -171,6 +243,17 @@ class RankingProtocol:
         current = dict(self.splits)
         return dataclasses.replace(
             self, splits=(("valid", valid or current["valid"]), ("test", test or current["test"]))
+        )
+
+    def with_baseline(self, submission_id: str, accept_mismatch: bool = False) -> RankingProtocol:
+        """The same rules with ``submission_id`` as the baseline instead of the identity search;
+        the ranking still verifies it against ``baseline.identity.published`` and refuses a
+        mismatch unless ``accept_mismatch``."""
+        if not submission_id:
+            raise ProtocolError(f"{self.name}: with_baseline needs a submission id, got {submission_id!r}")
+        return dataclasses.replace(
+            self,
+            baseline=dataclasses.replace(self.baseline, submission_id=submission_id, accept_mismatch=accept_mismatch),
         )
 
     def with_resamples(self, resamples: int) -> RankingProtocol:
@@ -269,11 +352,16 @@ def _parse_match(value: Any, where: str, origin: str) -> Match:
         raise ProtocolError(f"{origin}: {where} needs exactly one of {', '.join(keys)}, got {given or 'none'}")
     text = _text(str(value[given[0]]), f"{where}.{given[0]}", origin)
     if given[0] == "name_pattern":
-        try:
-            re.compile(text)
-        except re.error as exc:
-            raise ProtocolError(f"{origin}: {where}.name_pattern is not a valid regex ({exc})") from exc
+        _regex(text, f"{where}.name_pattern", origin)
     return Match(**{given[0]: text})
+
+
+def _regex(text: str, where: str, origin: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ProtocolError(f"{origin}: {where} is not a valid regex ({exc})") from exc
+    return text
 
 
 def _parse_metric(name: str, value: Any, origin: str) -> MetricSpec:
@@ -307,9 +395,48 @@ def _parse_metric(name: str, value: Any, origin: str) -> MetricSpec:
     )
 
 
-def _parse_baseline(value: Any, metric_names: tuple[str, ...], origin: str) -> Baseline:
+def _parse_figure(metric: str, value: Any, metrics: tuple[MetricSpec, ...], origin: str) -> PublishedFigure:
+    where = f"baseline.identity.published.{metric}"
+    counts = tuple(m.name for m in metrics if m.table == "submissions")
+    if metric not in counts:
+        raise ProtocolError(
+            f"{origin}: {where}: a published figure names a submissions.* metric (a count measured once "
+            f"per submission){_did_you_mean(metric, counts)}; choose one of {', '.join(counts)}"
+        )
+    value = _mapping(value, where, origin)
+    _check_keys(value, where, origin, ("value", "tolerance"))
+    tolerance = _number(value["tolerance"], f"{where}.tolerance", origin)
+    if tolerance < 0:
+        raise ProtocolError(f"{origin}: {where}.tolerance must be >= 0 (0 = exact), got {tolerance:g}")
+    return PublishedFigure(metric, _number(value["value"], f"{where}.value", origin), tolerance)
+
+
+def _parse_identity(value: Any, metrics: tuple[MetricSpec, ...], origin: str) -> BaselineIdentity:
+    where = "baseline.identity"
+    value = _mapping(value, where, origin)
+    _check_keys(value, where, origin, ("architecture", "name_pattern", "published"), ("variant",))
+    published = _mapping(value["published"], f"{where}.published", origin)
+    if not published:
+        raise ProtocolError(f"{origin}: {where}.published is empty; give at least the published params")
+    pattern = _text(value["name_pattern"], f"{where}.name_pattern", origin)
+    return BaselineIdentity(
+        architecture=_text(value["architecture"], f"{where}.architecture", origin),
+        variant=str(value.get("variant") or ""),
+        name_pattern=_regex(pattern, f"{where}.name_pattern", origin),
+        published=tuple(_parse_figure(str(k), v, metrics, origin) for k, v in published.items()),
+    )
+
+
+def _parse_baseline(value: Any, metrics: tuple[MetricSpec, ...], origin: str) -> Baseline:
     value = _mapping(value, "baseline", origin)
-    _check_keys(value, "baseline", origin, ("match",), ("source", "ranked", "constants"))
+    if "match" in value:
+        raise ProtocolError(
+            f"{origin}: baseline.match is not supported: a baseline is named by identity "
+            "(baseline.identity: architecture, name_pattern, published figures), never by team or "
+            "submission id; to pin one submission of a run, rank with --baseline SUBMISSION_ID"
+        )
+    _check_keys(value, "baseline", origin, ("identity",), ("source", "ranked", "constants"))
+    metric_names = tuple(m.name for m in metrics)
     constants = _mapping(value.get("constants") or {}, "baseline.constants", origin)
     allowed = metric_names + tuple(PSNR_COLUMN_BY_ROLE.values())
     _check_keys(constants, "baseline.constants", origin, required=(), optional=allowed)
@@ -317,7 +444,7 @@ def _parse_baseline(value: Any, metric_names: tuple[str, ...], origin: str) -> B
     if not isinstance(ranked, bool):
         raise ProtocolError(f"{origin}: baseline.ranked must be true or false, got {ranked!r}")
     return Baseline(
-        match=_parse_match(value["match"], "baseline.match", origin),
+        identity=_parse_identity(value["identity"], metrics, origin),
         source=_choice(value.get("source", "run"), BASELINE_SOURCES, "baseline.source", origin),
         ranked=ranked,
         constants=tuple((k, _number(v, f"baseline.constants.{k}", origin)) for k, v in constants.items()),
@@ -423,7 +550,7 @@ def _parse_protocol(document: Any, origin: str) -> RankingProtocol:
                 _text(item["reason"], f"references[{i}].reason", origin),
             )
         )
-    baseline = _parse_baseline(document["baseline"], metric_names, origin)
+    baseline = _parse_baseline(document["baseline"], metrics, origin)
     if baseline.source == "constants":
         exp_metrics = {m for t in tracks if t.formula == "exp_ratio" for m in t.metric_names}
         missing = sorted(exp_metrics - {k for k, _ in baseline.constants})
