@@ -190,3 +190,16 @@ def test_evaluate_all_records_which_ray_instance_it_joined_and_why(factory, tmp_
     assert code == 0
     assert (meta["ray_address"], meta["ray_address_source"]) == (address, "--address")
     assert meta["device"] == "cpu" and meta["device_kinds_measured"] == ["cpu"]
+
+
+def test_evaluate_all_gpu_run_waits_for_its_gpus_then_refuses_without_a_run_folder(factory, tmp_path, capsys):
+    factory.make()
+    results = tmp_path / "results"
+    code = evaluate_all.main(["--address", ray.get_runtime_context().gcs_address, "--root", str(factory.root),
+                              "--manifests", str(factory.manifests), "--results", str(results),
+                              "--min-gpus", str(FAKE_GPUS + 1), "--wait-for-gpus", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"waiting for GPUs: {FAKE_GPUS}/{FAKE_GPUS + 1} present" in err
+    assert f"has {FAKE_GPUS} of the {FAKE_GPUS + 1} GPUs it needs" in err and "--wait-for-gpus" in err
+    assert not results.exists() or not any(results.iterdir())
