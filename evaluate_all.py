@@ -128,8 +128,7 @@ def measure(args: argparse.Namespace) -> tuple[Path, dict]:
 
     from esr_eval.driver import DriverOptions, run_distributed
     from esr_eval.nodes import apply_ray_env, choose_address, connect
-    from esr_eval.records import read_table
-    from esr_eval.run import RunFolder, new_run_id, run_metadata
+    from esr_eval.run import RunFolder, new_run_id, recheck_splits, run_metadata
     from esr_eval.scheduling import expected_seconds
 
     check_usage(args)
@@ -151,12 +150,14 @@ def measure(args: argparse.Namespace) -> tuple[Path, dict]:
                              "device_requested": args.device, "gpus_required": gpus_needed})
         folder.write_run_json(meta)
         summary = run_distributed(subs, errors, splits, config, folder, options)
-        measured_on = sorted(read_table(folder.path, "submissions")["device_kind"].dropna().unique())
+        split_check = recheck_splits(splits)  # the split files again, now: did they change mid-run?
+        measured_on = sorted(folder.read_table("submissions")["device_kind"].dropna().unique())
         folder.write_run_json({**meta, "device_kinds_measured": measured_on,
                                "scheduling": summary.scheduling, "slots": summary.slots,
                                "gpu_models": list(summary.gpu_models), "allow_mixed_gpus": args.allow_mixed_gpus,
                                "gpu_model_pinned": args.gpu_model, "makespan_s": summary.makespan_s,
-                               "skipped_as_complete": list(summary.skipped)})
+                               "skipped_as_complete": list(summary.skipped), "splits_verified_at_end": split_check})
+        print("\n".join(folder.closing_lines(split_check)), flush=True)  # the ledger digest: keep it
     except BaseException:
         folder.close(discard_if_empty=True)
         raise

@@ -11,7 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from esr_eval.manifest import Submission, SubmissionError, discover_all, select
+from esr_eval.manifest import Submission, SubmissionError, discover_all, printable, select
+
+LS_MAX_CELL = 60      # `esr-eval ls`: characters per table cell (longer ones end in '…')
+LS_MAX_ERROR = 1000   # `esr-eval ls`: characters per error message
 
 
 def _add_submission_args(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +47,9 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _print_table(headers: list[str], rows: list[list[str]]) -> None:
+def _print_table(headers: list[str], rows: list[list[str]], max_cell: int | None = None) -> None:
+    """Aligned columns; unprintable characters escaped, cells clipped to ``max_cell`` characters."""
+    rows = [[printable(cell, max_cell) for cell in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
     print("  ".join("-" * w for w in widths))
@@ -57,14 +62,14 @@ def cmd_ls(args) -> int:
     rows = [[s.submission_id, s.team_id, s.name, s.model.class_name, str(s.data_range),
              "none" if s.checkpoint is None else s.checkpoint.path] for s in subs]
     rows += [[e.submission_id, "", "", "INVALID", "", ""] for e in errors]
-    _print_table(["submission", "team", "name", "class", "data_range", "checkpoint"], rows)
+    _print_table(["submission", "team", "name", "class", "data_range", "checkpoint"], rows, max_cell=LS_MAX_CELL)
     _print_errors(errors)
     return 1 if errors else 0
 
 
 def _print_errors(errors) -> None:
     for error in errors:
-        print(f"\nerror: {error}", file=sys.stderr)
+        print(f"\nerror: {printable(str(error), LS_MAX_ERROR)}", file=sys.stderr)
 
 
 def cmd_summary(args) -> int:
@@ -113,6 +118,8 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=None, help="override the protocol's warm-up passes")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (fixed and recorded)")
     parser.add_argument("--no-hygiene", action="store_true", help="skip the hygiene checks")
+    parser.add_argument("--memory-limit-mb", type=int, default=16384,
+                        help="host memory one submission may use (RLIMIT_DATA, default 16384); 0: no limit")
     parser.add_argument("--ssim", action="store_true",
                         help="also compute SSIM and SSIM-Y (off by default, as in the official script)")
     parser.add_argument("--results", type=Path, default=Path("results"), help="results root (default results/)")
@@ -138,21 +145,24 @@ def prepare_run(args):
     splits = resolve_splits(args.data, args.split, args.pair)
     protocol = get_protocol(args.protocol, args.repeats, args.warmup)
     config = EvaluationConfig(protocol=protocol, device=args.device, torch_threads=args.threads,
-                              hygiene=not args.no_hygiene, ssim=args.ssim)
+                              hygiene=not args.no_hygiene, ssim=args.ssim,
+                              memory_limit_mb=args.memory_limit_mb or None)
     return subs, manifest_errors, splits, config
 
 
 def cmd_evaluate(args) -> int:
     from esr_eval.evaluate import evaluate_submission, manifest_failure
-    from esr_eval.run import RunFolder, fingerprint, new_run_id, run_metadata
+    from esr_eval.run import RunFolder, fingerprint, new_run_id, recheck_splits, run_metadata
 
     subs, manifest_errors, splits, config = prepare_run(args)
     protocol = config.protocol
     folder = RunFolder.open(args.results, args.run_id or new_run_id())
     failed = len(manifest_errors)
+    closing: list[str] = []
     try:
         done = folder.completed(device_kind=args.device.split(":")[0])
-        folder.write_run_json(run_metadata(folder.run_id, protocol, splits, subs, "in-process", args.device))
+        meta = run_metadata(folder.run_id, protocol, splits, subs, "in-process", args.device)
+        folder.write_run_json(meta)
         for error in manifest_errors:
             folder.write_result(manifest_failure(error, folder.run_id), fingerprint=None)
             print(f"{error.submission_id}: error — {error}")
@@ -167,9 +177,14 @@ def cmd_evaluate(args) -> int:
             failed += status != "ok"
             print(f"{sub.submission_id}: {status}" + (f" — {result.submission.error}" if status != "ok" else ""),
                   flush=True)
+        split_check = recheck_splits(splits)  # the split files again, now: did they change mid-run?
+        folder.write_run_json({**meta, "splits_verified_at_end": split_check})
+        closing = folder.closing_lines(split_check)
+        failed += any(line.startswith("WARNING") for line in closing)  # split changed, or folder tampered
     finally:
         folder.unlock()
     print_run_summary(folder.path)
+    print("\n" + "\n".join(closing))
     return 1 if failed else 0
 
 
@@ -225,21 +240,31 @@ def print_rankings(rankings, protocol) -> None:
 
 def cmd_rank(args) -> int:
     from esr_eval.ranking import baseline_summary, rank_run
+    from esr_eval.records import verify_run
 
+    integrity = verify_run(args.run)  # warn first: a ranking that then fails still gets the warning
+    if integrity.banner():
+        print(f"WARNING: {integrity.banner()}", file=sys.stderr)
     protocol = _ranking_protocol(args)
     rankings = rank_run(args.run, protocol)
     print_rankings(rankings, protocol)
     print(f"\nbaseline: {baseline_summary(rankings)}")
-    print(f"written: {args.run / 'rankings'}")
-    return 0
+    print(f"written: {args.run / 'rankings'} (run_integrity {rankings['run_integrity'].iloc[0] if len(rankings) else '?'})")
+    print("\n".join(integrity.lines()))
+    return 1 if integrity.tampered or integrity.split_changed else 0
 
 
 def cmd_report(args) -> int:
+    from esr_eval.records import verify_run
     from esr_eval.report import write_report
 
+    integrity = verify_run(args.run)
+    if integrity.banner():
+        print(f"WARNING: {integrity.banner()}", file=sys.stderr)
     paths = write_report(args.run, _ranking_protocol(args), args.out)
     print(f"report: {paths.html}\nmarkdown: {paths.markdown}")
-    return 0
+    print("\n".join(integrity.lines()))
+    return 1 if integrity.tampered or integrity.split_changed else 0
 
 
 def _add_ranking_args(parser: argparse.ArgumentParser) -> None:

@@ -52,6 +52,7 @@ from esr_eval.run import RunFolder, fingerprint
 from esr_eval.scheduling import lpt_order
 
 POLL_S = 0.5
+SLOTS_REFRESH_S = POLL_S  # the cluster's slot count is re-read before any launch, and at least this often
 _NODE_DIED = re.compile(r"its node has died|node was terminated", re.IGNORECASE)
 _NODE_ID = re.compile(r"Node Id: ([0-9a-f]{8,})", re.IGNORECASE)
 
@@ -163,6 +164,8 @@ class _Driver:
         self.written: list[str] = []
         self.bar = tqdm(total=len(self.queue), desc="submissions", unit="sub", disable=not options.progress,
                         file=sys.stderr)
+        self.slots_read_s = time.monotonic()
+        self.shown: tuple[int, int] | None = None
 
     @property
     def run_id(self) -> str:
@@ -196,39 +199,58 @@ class _Driver:
                 if not any(j.suspect_since_s is not None for j in self.jobs):
                     while self.queue and len(self.jobs) < self.slots:
                         self.launch(*self.queue.pop(0))
-                self._wait()
+                ready = self._wait()
                 now = time.monotonic()
                 for job in list(self.jobs):
-                    self._step(job, now)
-                if self.queue or self.jobs:
-                    self.slots = max(1, _slots(self.options)[1])
-                failed = sum(s != "ok" for s in self.statuses.values())
-                self.bar.set_postfix(done=len(self.written) - failed, failed=failed, running=len(self.jobs),
-                                     refresh=False)
+                    self._step(job, now, ready)
+                # The slot count (two GCS round trips) is re-read before any launch it could change, and
+                # every SLOTS_REFRESH_S while submissions wait, so a node that joins is used within that time.
+                if self.queue and (len(self.jobs) < self.slots or now - self.slots_read_s >= SLOTS_REFRESH_S):
+                    self._read_slots()
+                self._show_progress()
+            self._read_slots()  # the cluster as the run ended, for the summary
         finally:
             self.bar.close()
 
-    def _wait(self) -> None:
-        """Sleep until some job has news (or POLL_S passes)."""
+    def _read_slots(self) -> None:
+        self.slots, self.slots_read_s = max(1, _slots(self.options)[1]), time.monotonic()
+
+    def _show_progress(self) -> None:
+        shown = (len(self.written), len(self.jobs))
+        if shown != self.shown:  # the postfix changes only when a submission is written or launched
+            self.shown = shown
+            failed = sum(s != "ok" for s in self.statuses.values())
+            self.bar.set_postfix(done=len(self.written) - failed, failed=failed, running=len(self.jobs),
+                                 refresh=False)
+
+    def _wait(self) -> set:
+        """Sleep until some job has news (or POLL_S passes); the refs that are ready now.
+
+        Two ``ray.wait`` calls per pass, whatever the number of jobs: one that blocks for the first
+        news, one (no wait) that collects everything else ready by then.
+        """
         refs = [j.ref for j in self.jobs if j.suspect_since_s is None]
         refs += [j.node_ref for j in self.jobs if j.running_since_s is None and j.suspect_since_s is None]
         refs += [j.probe for j in self.jobs if j.probe is not None]
-        if refs:
-            ray.wait(refs, num_returns=1, timeout=POLL_S)
-        else:
+        if not refs:
             time.sleep(POLL_S)
+            return set()
+        ready, _ = ray.wait(refs, num_returns=1, timeout=POLL_S)
+        if ready and len(refs) > 1:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        return set(ready)
 
-    def _step(self, job: _Job, now: float) -> None:
+    def _step(self, job: _Job, now: float, ready: set) -> None:
         if job.suspect_since_s is not None:
             self._judge(job, now)
             return
-        if job.running_since_s is None and _ready(job.node_ref):
+        if job.running_since_s is None and job.node_ref in ready:
             try:
                 job.node_id = ray.get(job.node_ref)["node_id"]
                 job.running_since_s = time.monotonic()
             except RayActorError:
                 pass  # the actor died before it ran: its evaluate call says how, below
-        if _ready(job.ref):
+        if job.ref in ready:
             self._settle(job, now)
         elif job.running_since_s is None and now - job.launched_s > self.options.startup_timeout_s:
             self.fail(job, "startup_timeout",

@@ -8,7 +8,11 @@ message and the traceback. Order: load → for each split (decode every image on
 peak-memory counter, warm-up + timed calls under the timing protocol, quality of the timed
 outputs) → complexity (after inference, as the official code counts params) → hygiene.
 On CUDA: ``cudnn.benchmark`` off, TF32 flags recorded as found; on CPU the torch thread
-count is fixed to ``torch_threads`` when given and recorded either way.
+count is fixed to ``torch_threads`` when given and recorded either way. Everything runs inside
+:func:`esr_eval.containment.contained` (host-memory limit ``memory_limit_mb``; processes the
+submission spawns are killed at the end), and the row records what was active and what was
+killed. Complexity is checked against what actually runs: FLOPs per output pixel on the first
+real LR image vs the probe, and floating buffers vs params (``complexity_flags``).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import numpy as np
 import torch
 
 from esr_eval.adapter import ForwardAdapter
-from esr_eval.complexity import measure_complexity
+from esr_eval.complexity import buffer_flag, input_dependence_flag, measure_complexity, per_pixel_audit
+from esr_eval.containment import contained
 from esr_eval.data import Split, embedded_split, load_pair
 from esr_eval.hygiene import check_hygiene
 from esr_eval.loading import load_submission
@@ -134,14 +139,25 @@ def _run_splits(run_id, sub, adapter, splits, config, device, split_rows: list, 
         sample_rows.extend(samples)
 
 
-def _complexity_fields(model, sub, config, device, params_before) -> dict:
+def _complexity_fields(adapter: ForwardAdapter, sub, config, device, params_before, real_lr: np.ndarray) -> dict:
+    """The official counts on the probe, checked against what actually runs: FLOPs per output
+    pixel on a real evaluation input (the first LR image of the first split), and weights hidden
+    in buffers."""
+    model = adapter.model
     c = measure_complexity(model, config.complexity_input_shape, sub.data_range, device)
+    probe = torch.rand(config.complexity_input_shape, generator=torch.Generator().manual_seed(0)) * sub.data_range
+    probe_px = per_pixel_audit(adapter, probe.to(device), sub.scale)
+    real_px = per_pixel_audit(adapter, adapter.to_input(real_lr, device), sub.scale)
+    flags = [name for name, hit in (("flops_input_dependent", input_dependence_flag(probe_px, real_px)),
+                                    ("params_in_buffers", buffer_flag(c.params, c.float_buffer_elements))) if hit]
     return dict(
         complexity_input_shape="x".join(map(str, c.input_shape)), params=c.params,
         params_before_forward=params_before, flops_fvcore=c.flops_fvcore, flops_hook_2022=c.flops_hook_2022,
         flops_audit=c.flops_audit, flops_audit_ratio=c.audit_ratio, flops_audit_flag=c.audit_flag,
         flops_zero_counted_ops=json.dumps([[op.op, op.calls, op.category] for op in c.zero_counted_ops]),
-        activations=c.activations, num_conv=c.num_conv)
+        activations=c.activations, num_conv=c.num_conv, float_buffer_elements=c.float_buffer_elements,
+        flops_audit_per_px_probe=probe_px, flops_audit_per_px_real=real_px,
+        complexity_flags=",".join(flags) or None)
 
 
 def _hygiene_fields(adapter, device) -> dict:
@@ -164,12 +180,17 @@ _STAGE_FIXES = {
 }
 
 
-def _describe_failure(submission_id: str, stage: str, exc: BaseException) -> tuple[str, str]:
+def _describe_failure(submission_id: str, stage: str, exc: BaseException,
+                      memory_limit_mb: int | None = None) -> tuple[str, str]:
     """(stage, message) for an exception raised while evaluating a submission."""
     if isinstance(exc, SubmissionError):
         return exc.stage, str(exc)
     if isinstance(exc, EvaluationError):
         return exc.stage, f"[{submission_id}] {exc}"
+    if memory_limit_mb is not None and (isinstance(exc, MemoryError) or "can't allocate memory" in str(exc)):
+        return stage, (f"[{submission_id}] {stage} ran past the memory limit of {memory_limit_mb} MiB of host "
+                       f"memory ({type(exc).__name__}: {str(exc)[:200]}). Fix: reduce the model's memory use "
+                       "(adapter.tile), or the organiser raises --memory-limit-mb")
     if isinstance(exc, torch.OutOfMemoryError):
         return stage, (f"[{submission_id}] out of memory during {stage}: {exc}. Fix: declare an adapter tile "
                        "(adapter.tile) or reduce the model's memory use")
@@ -188,13 +209,47 @@ def _prepare_device(config: EvaluationConfig) -> torch.device:
 
 
 def evaluate_submission(sub: Submission, splits: list[Split], config: EvaluationConfig, run_id: str) -> EvaluationResult:
-    """Measure one submission on every split; failures become an error row."""
+    """Measure one submission on every split, contained (memory limit, nothing it spawns survives);
+    failures become an error row."""
     device = _prepare_device(config)
     started = time.time()
     facts = facts_dict(device_facts(device))
     base = dict(run_id=run_id, **manifest_fields(sub), timing_protocol=config.protocol.protocol_id,
                 runtime_statistic=config.protocol.headline, started_at_unix_s=started, **facts)
-    stage, fields, split_rows, sample_rows = "load", {}, [], []
+    fields, split_rows, sample_rows = {}, [], []
+    failure = None
+    with contained(config.memory_limit_mb) as box:
+        try:
+            _measure(sub, splits, config, run_id, device, fields, split_rows, sample_rows)
+        except _StageFailure as exc:
+            failure = exc
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    fields.update(memory_limit_mb=config.memory_limit_mb, containment=box.describe(),
+                  leftover_processes_killed=box.leftover_processes_killed,
+                  leftover_processes=("; ".join(box.leftover_commands)[:1000] or None))
+    if failure is None:
+        row = SubmissionRow(status="ok", **base, **fields, wall_s=time.time() - started)
+    else:
+        stage, message = _describe_failure(sub.submission_id, failure.stage, failure.__cause__, config.memory_limit_mb)
+        row = SubmissionRow(status="error", error=message, error_stage=stage, traceback=failure.trace,
+                            **base, **fields, wall_s=time.time() - started)
+    return EvaluationResult(submission=row, splits=tuple(split_rows), samples=tuple(sample_rows))
+
+
+class _StageFailure(Exception):
+    """The submission failed in ``stage``; the original exception is the cause."""
+
+    def __init__(self, stage: str, trace: str):
+        self.stage, self.trace = stage, trace
+        super().__init__(stage)
+
+
+def _measure(sub, splits, config, run_id, device, fields: dict, split_rows: list, sample_rows: list) -> None:
+    """Load, time and score every split, count complexity, run hygiene; fills the lists and fields
+    as it goes (kept when a later stage fails) and raises :class:`_StageFailure` for any fault."""
+    stage = "load"
     try:
         loaded = load_submission(sub, device)
         fields.update(checkpoint_sha256=loaded.info.checkpoint_sha256,
@@ -206,22 +261,13 @@ def evaluate_submission(sub: Submission, splits: list[Split], config: Evaluation
         stage = "inference"
         _run_splits(run_id, sub, adapter, splits, config, device, split_rows, sample_rows)
         stage = "complexity"
-        fields.update(_complexity_fields(loaded.model, sub, config, device, params_before))
+        real_lr = load_pair(splits[0].pairs[0], splits[0].scale)[0]
+        fields.update(_complexity_fields(adapter, sub, config, device, params_before, real_lr))
         if config.hygiene:
             stage = "hygiene"
             fields.update(_hygiene_fields(adapter, device))
     except (Exception, SystemExit) as exc:  # a submission's fault is a row, never a crash
-        trace = traceback.format_exc()
-        stage, message = _describe_failure(sub.submission_id, stage, exc)
-    else:
-        row = SubmissionRow(status="ok", **base, **fields, wall_s=time.time() - started)
-        return EvaluationResult(submission=row, splits=tuple(split_rows), samples=tuple(sample_rows))
-    finally:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    row = SubmissionRow(status="error", error=message, error_stage=stage, traceback=trace,
-                        **base, **fields, wall_s=time.time() - started)
-    return EvaluationResult(submission=row, splits=tuple(split_rows), samples=tuple(sample_rows))
+        raise _StageFailure(stage, traceback.format_exc()) from exc
 
 
 def manifest_failure(error: SubmissionError, run_id: str) -> EvaluationResult:

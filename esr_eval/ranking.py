@@ -36,6 +36,13 @@ Contract
   overlap; "" when none). Without samples these columns are null.
 - ``rank_run(run_dir, protocol)`` writes ``<run_dir>/rankings/part-00000.parquet`` (temp file +
   ``os.replace``; a re-rank replaces it, the ``protocol`` column names the rules used).
+- Integrity: ``read_run`` reads only the part files the run's ledger records, from the bytes it
+  verified (``esr_eval.records.verify_run``); ``RunTables.integrity`` says what it found.
+  ``with_integrity(rankings, integrity)`` (``rank_run`` and the report apply it) adds, on every
+  row, ``run_integrity`` (verified | unverified | tampered | split-changed | tampered+split-changed)
+  and ``run_integrity_findings``, and per row ``integrity`` (which of its parts were not read, and
+  why; null when all were), also prefixed to ``excluded_reason`` where the row is not ranked;
+  ``rank_run`` records the summary in the Parquet metadata ``esr_eval.integrity``.
 Units: PSNR dB, runtime ms, memory MB, params/FLOPs/activations counts (raw, unrounded).
 """
 from __future__ import annotations
@@ -60,6 +67,7 @@ from esr_eval.protocols import (
     RankingProtocol,
     load_protocol,
 )
+from esr_eval.records import RunIntegrity, verify_run
 
 __all__ = [
     "BaselineChoice",
@@ -75,6 +83,7 @@ __all__ = [
     "rank_run",
     "read_run",
     "runtime_metric_names",
+    "with_integrity",
 ]
 
 ROLE_PREFIX = {"valid": "val", "test": "test"}
@@ -99,23 +108,45 @@ class RunTables:
     samples: pd.DataFrame | None = None
     run_info: Mapping[str, Any] = field(default_factory=dict)
     run_dir: Path | None = None
+    integrity: RunIntegrity | None = None
 
 
 def read_run(run_dir: str | Path) -> RunTables:
-    """Read ``submissions``, ``splits``, ``samples`` and ``run.json`` of a ``results/<run_id>`` folder."""
+    """Read ``submissions``, ``splits``, ``samples`` and ``run.json`` of a ``results/<run_id>`` folder,
+    only from the files its ledger records and verifies (module doc, "Integrity")."""
     run_dir = Path(run_dir)
     if not (run_dir / "submissions").exists():
         raise FileNotFoundError(
             f"{run_dir / 'submissions'} not found: pass a run folder (results/<run_id>) written by esr-eval"
         )
-    splits_dir, samples_dir, run_json = run_dir / "splits", run_dir / "samples", run_dir / "run.json"
+    integrity = verify_run(run_dir, read=("submissions", "splits", "samples"))
+    samples = integrity.tables["samples"]
     return RunTables(
-        submissions=pd.read_parquet(run_dir / "submissions"),
-        splits=pd.read_parquet(splits_dir) if splits_dir.exists() else pd.DataFrame({"submission_id": [], "split": []}),
-        samples=pd.read_parquet(samples_dir) if samples_dir.exists() else None,
-        run_info=json.loads(run_json.read_text(encoding="utf-8")) if run_json.exists() else {},
+        submissions=integrity.tables["submissions"],
+        splits=integrity.tables["splits"],
+        samples=samples if len(samples) else None,
+        run_info=dict(integrity.run_info),
         run_dir=run_dir,
+        integrity=integrity,
     )
+
+
+def with_integrity(rankings: pd.DataFrame, integrity: RunIntegrity | None) -> pd.DataFrame:
+    """``rankings`` with the run's integrity on every row (module doc, "Integrity")."""
+    out = rankings.copy()
+    if integrity is None:
+        return out
+    out["run_integrity"] = integrity.status
+    out["run_integrity_findings"] = "; ".join(integrity.findings() + list(integrity.split_changes)) or None
+    affected = integrity.affected()
+    notes = [("integrity: " + ", ".join(affected[sid])) if sid in affected else None
+             for sid in out["submission_id"].astype(str)]
+    out["integrity"] = pd.Series(notes, index=out.index, dtype="object")
+    reasons = out["excluded_reason"]
+    out["excluded_reason"] = pd.Series(
+        [f"{note}; {reason}" if note and isinstance(reason, str) else reason for note, reason in zip(notes, reasons)],
+        index=out.index, dtype="object")
+    return out
 
 
 def _require_columns(table: pd.DataFrame, columns: Any, what: str) -> None:
@@ -685,13 +716,15 @@ def rank_run(run_dir: str | Path, protocol: RankingProtocol | str | Path) -> pd.
     """Rank a run folder and write ``<run_dir>/rankings/part-00000.parquet`` atomically; returns the table."""
     protocol = protocol if isinstance(protocol, RankingProtocol) else load_protocol(protocol)
     tables = read_run(run_dir)
-    rankings = rank(metrics_table(tables, protocol), protocol, samples=tables.samples)
+    rankings = with_integrity(rank(metrics_table(tables, protocol), protocol, samples=tables.samples), tables.integrity)
     folder = Path(run_dir) / "rankings"
     folder.mkdir(exist_ok=True)
     arrow = pa.Table.from_pandas(rankings, preserve_index=False)
     metadata = dict(arrow.schema.metadata or {})
     metadata[b"esr_eval.protocol"] = protocol.name.encode()
     metadata[b"esr_eval.protocol_source"] = protocol.source_path.encode()
+    if tables.integrity is not None:
+        metadata[b"esr_eval.integrity"] = json.dumps(tables.integrity.summary()).encode()
     temporary = folder / f".{RANKINGS_PART_NAME}.tmp-{os.getpid()}"
     pq.write_table(arrow.replace_schema_metadata(metadata), temporary)
     os.replace(temporary, folder / RANKINGS_PART_NAME)

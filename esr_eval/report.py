@@ -14,7 +14,15 @@ Contract
   provenance from ``run.json`` and the protocol.
 - Plots (matplotlib, no pyplot state): PSNR vs average runtime per role with the Pareto front of
   ranked entries and the gate line; one bar chart of scores per track with interval whiskers.
+- Integrity (``esr_eval.records.verify_run``): only the part files the run's ledger records and
+  verifies are read. A tampered run's report starts with the line ``TAMPERED RUN: <findings>``, a
+  run whose split files changed mid-run with ``SPLIT CHANGED MID-RUN: ...``, a run without ledger
+  with ``UNVERIFIED RUN: ...`` (Markdown: the first line; HTML: a comment before the doctype, the
+  title, and a red banner above the heading); provenance lists ``run.integrity.*``.
 Rounding happens only here; units as in the column headers (dB, ms, M = 1e6, G = 1e9, MB = 2^20 B).
+Non-finite values (PSNR = +inf when a model returns the ground truth exactly): tables show "inf" /
+"-inf"; plots never take them into the axis limits, draw them clipped at the edge of the axes
+and say so in a note on the plot.
 """
 from __future__ import annotations
 
@@ -40,6 +48,7 @@ from esr_eval.ranking import (
     rank,
     read_run,
     runtime_metric_names,
+    with_integrity,
 )
 
 MISSING = "–"
@@ -48,6 +57,7 @@ MISSING = "–"
 FOCUS_MARGIN_DB = 0.4
 FOCUS_RUNTIME_FACTOR = 3.0
 MAX_CLIPPED_LABELS = 6
+MAX_NONFINITE_LINES = 3  # non-finite points listed under a PSNR-vs-runtime panel
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px 32px;
        color: #1d2330; background: #fff; font-size: 14px; }
@@ -97,7 +107,10 @@ class _Section:
 def _fmt(value: Any, decimals: int, scale: float = 1.0) -> str:
     if value is None or pd.isna(value):
         return MISSING
-    return f"{float(value) * scale:.{decimals}f}"
+    value = float(value) * scale
+    if not np.isfinite(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.{decimals}f}"
 
 
 def _with_rank(text: str, rank_value: Any) -> str:
@@ -188,13 +201,21 @@ def _value(row: pd.Series, column: str) -> Any:
 
 
 def _flags_table(submissions: pd.DataFrame) -> _Table:
-    """Submissions an organiser should look at: hygiene findings, FLOP-audit flags, declared exceptions."""
+    """Submissions an organiser should look at: hygiene findings, FLOP-audit and counter flags, declared exceptions."""
     rows = []
     for _, sub in submissions.sort_values("submission_id").iterrows():
         get = functools.partial(_value, sub)
         findings = [flag for flag in (get("hygiene_flags") or "").split(",") if flag]
         if get("flops_audit_flag"):
             findings.append(f"FLOP audit: independent count / fvcore = {get('flops_audit_ratio') or float('nan'):.3f}")
+        flags = set((get("complexity_flags") or "").split(","))
+        if "flops_input_dependent" in flags:
+            findings.append(f"FLOPs per output pixel: {get('flops_audit_per_px_probe') or 0:,.0f} on the complexity "
+                            f"probe vs {get('flops_audit_per_px_real') or 0:,.0f} on a real image "
+                            "(computes differently for the probe)")
+        if "params_in_buffers" in flags:
+            findings.append(f"{get('float_buffer_elements') or 0:,} floating-point buffer elements beside "
+                            f"{get('params') or 0:,} params (weights kept out of the parameter count)")
         if get("strict") is False:
             findings.append("loaded with strict=False (declared)")
         if get("trusted_pickle"):
@@ -278,13 +299,24 @@ def _plot_psnr_vs_runtime(rankings: pd.DataFrame, protocol: RankingProtocol, pat
     for k, role in enumerate(roles):
         axes = figure.add_subplot(1, len(roles), k + 1)
         psnr_db = rankings[PSNR_COLUMN_BY_ROLE[role]].to_numpy(dtype="float64")
-        present = ~np.isnan(psnr_db) & ~np.isnan(runtime_ms) & (runtime_ms > 0)
+        measured = ~np.isnan(psnr_db) & ~np.isnan(runtime_ms) & (runtime_ms > 0)
+        present = measured & np.isfinite(psnr_db) & np.isfinite(runtime_ms)  # what sets the axis limits
+        nonfinite = np.flatnonzero(measured & ~present)
         gate = thresholds.get(role)
-        gate_db = gate.threshold_db if gate is not None else np.nan
+        gate_db = gate.threshold_db if gate is not None and gate.threshold_db is not None else np.nan
+        notes = [f"{names[i]}: {_fmt(psnr_db[i], 2)} dB, {_fmt(runtime_ms[i], 2)} ms" for i in nonfinite]
+        if not np.isnan(gate_db) and not np.isfinite(gate_db):
+            notes.append(f"gate {_fmt(gate_db, 2)} dB")
+            gate_db = np.nan
+        note = ""
+        if notes:
+            more = f"\n… and {len(notes) - MAX_NONFINITE_LINES} more" if len(notes) > MAX_NONFINITE_LINES else ""
+            note = "\nnon-finite, drawn clipped at the edge: " + "\n".join(notes[:MAX_NONFINITE_LINES]) + more
         core = present & (ranked | (role_of == "baseline"))
         core = core if core.any() else present
         if not core.any():
-            axes.text(0.5, 0.5, "no measured entry", ha="center", va="center", transform=axes.transAxes)
+            axes.text(0.5, 0.5, "no measured entry with finite values" + note, ha="center", va="center",
+                      fontsize=8, transform=axes.transAxes)
             continue
         (x_lo, x_hi), (y_lo, y_hi) = _focus_limits(runtime_ms, psnr_db, core, present, gate_db)
         inside = present & (runtime_ms >= x_lo) & (runtime_ms <= x_hi) & (psnr_db >= y_lo) & (psnr_db <= y_hi)
@@ -297,22 +329,26 @@ def _plot_psnr_vs_runtime(rankings: pd.DataFrame, protocol: RankingProtocol, pat
         for label, mask, style in groups:
             if (mask & inside).any():
                 axes.scatter(runtime_ms[mask & inside], psnr_db[mask & inside], label=label, **style)
-        outside = np.flatnonzero(present & ~inside)
+        x_edges, y_edges = (x_lo * 1.04, x_hi / 1.04), (y_lo + 0.01 * (y_hi - y_lo), y_hi - 0.01 * (y_hi - y_lo))
+        outside = np.flatnonzero(measured & ~inside)  # off the focus, or non-finite
         if len(outside):
-            x_edge = np.clip(runtime_ms[outside], x_lo * 1.04, x_hi / 1.04)
-            y_edge = np.clip(psnr_db[outside], y_lo + 0.01 * (y_hi - y_lo), y_hi - 0.01 * (y_hi - y_lo))
+            x_edge = np.clip(runtime_ms[outside], *x_edges)
+            y_edge = np.clip(psnr_db[outside], *y_edges)
             axes.scatter(x_edge, y_edge, marker="v", facecolors="none", edgecolors="#718096", s=36,
                          label="off axes (clipped)")
             for i, x, y in zip(outside[:MAX_CLIPPED_LABELS], x_edge, y_edge):
                 axes.annotate(f"{names[i]} ({runtime_ms[i]:.2f} ms, {psnr_db[i]:.2f} dB)", (x, y), fontsize=7,
                               color="#4a5568", xytext=(5, 4), textcoords="offset points")
-        candidates = np.flatnonzero(ranked & present)
+        candidates = np.flatnonzero(ranked & measured)
         if len(candidates):
             front = candidates[pareto_front(runtime_ms[candidates], psnr_db[candidates])]
-            axes.step(runtime_ms[front], psnr_db[front], where="post", color="#c53030", lw=1.2, label="Pareto front")
-            for i in front:
-                axes.annotate(names[i], (runtime_ms[i], psnr_db[i]), fontsize=7, xytext=(4, 4),
-                              textcoords="offset points")
+            # a non-finite point of the front is drawn at the edge, as its marker
+            x_front = np.where(np.isfinite(runtime_ms[front]), runtime_ms[front], np.clip(runtime_ms[front], *x_edges))
+            y_front = np.where(np.isfinite(psnr_db[front]), psnr_db[front], np.clip(psnr_db[front], *y_edges))
+            axes.step(x_front, y_front, where="post", color="#c53030", lw=1.2, label="Pareto front")
+            for i, x, y in zip(front, x_front, y_front):
+                if inside[i]:  # those outside are labelled with their values above
+                    axes.annotate(names[i], (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
         if not np.isnan(gate_db):
             axes.axhline(gate_db, color="#718096", ls="--", lw=1,
                          label=f"gate {gate_db:.2f} dB ({protocol.gate_rounding})")
@@ -320,7 +356,7 @@ def _plot_psnr_vs_runtime(rankings: pd.DataFrame, protocol: RankingProtocol, pat
         _plain_log_ticks(axes.xaxis)
         axes.set_xlim(x_lo, x_hi)
         axes.set_ylim(y_lo, y_hi)
-        axes.set_xlabel(f"{runtime_metric.label} (log scale)")
+        axes.set_xlabel(f"{runtime_metric.label} (log scale){note}")
         axes.set_ylabel(f"{role} PSNR [dB] ({protocol.split_for(role)})")
         axes.set_title(f"{role.capitalize()} PSNR vs runtime")
         axes.grid(True, which="both", alpha=0.25)
@@ -337,17 +373,24 @@ def _plot_scores(rankings: pd.DataFrame, protocol: RankingProtocol, track_name: 
     low = ranked[f"score_{track_name}_ci_low"].to_numpy(dtype="float64")
     high = ranked[f"score_{track_name}_ci_high"].to_numpy(dtype="float64")
     y = np.arange(len(ranked))
-    axes.barh(y, score, color="#4c78a8", height=0.7)
-    if len(ranked) and not np.isnan(low).all():
-        axes.errorbar(score, y, xerr=[score - low, high - score], fmt="none", ecolor="#1a202c", lw=0.9, capsize=2)
+    finite = np.isfinite(score)  # a non-finite score gets no bar, its value written at the axis instead
+    axes.barh(y[finite], score[finite], color="#4c78a8", height=0.7)
+    whiskers = finite & np.isfinite(low) & np.isfinite(high)
+    if whiskers.any():
+        s, lo, hi = score[whiskers], low[whiskers], high[whiskers]
+        axes.errorbar(s, y[whiskers], xerr=[s - lo, hi - s], fmt="none", ecolor="#1a202c", lw=0.9, capsize=2)
+    for i in np.flatnonzero(~finite & ~np.isnan(score)):
+        axes.text(0.01, y[i], f"score {_fmt(score[i], 4)} (non-finite, no bar)", transform=axes.get_yaxis_transform(),
+                  va="center", fontsize=7, color="#c53030")
     labels = [f"{int(r)}. {n}" for r, n in zip(ranked[f"rank_{track_name}"], ranked["name"])]
     axes.set_yticks(y, labels, fontsize=8)
     axes.invert_yaxis()
     baseline = rankings[rankings["role"] == "baseline"][f"score_{track_name}"].dropna()
+    baseline = baseline[np.isfinite(baseline.to_numpy(dtype="float64"))]
     if len(baseline):
         axes.axvline(baseline.iloc[0], color="#d69e2e", ls="--", lw=1.2, label=f"baseline {baseline.iloc[0]:.4g}")
         axes.legend(fontsize=8, loc="lower right")
-    log_scale = track.formula == "exp_ratio" and len(ranked) > 0
+    log_scale = track.formula == "exp_ratio" and bool((finite & (score > 0)).any())
     if log_scale:
         axes.set_xscale("log")
         _plain_log_ticks(axes.xaxis)
@@ -471,7 +514,7 @@ def write_report(
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = read_run(run_dir)
-    rankings = rank(metrics_table(tables, protocol), protocol, samples=tables.samples)
+    rankings = with_integrity(rank(metrics_table(tables, protocol), protocol, samples=tables.samples), tables.integrity)
     plots = {"psnr_vs_runtime": out_dir / "psnr_vs_runtime.png"}
     _plot_psnr_vs_runtime(rankings, protocol, plots["psnr_vs_runtime"])
     for track in protocol.tracks:
@@ -479,8 +522,17 @@ def write_report(
         _plot_scores(rankings, protocol, track.name, plots[f"scores_{track.name}"])
     run_id = tables.run_info.get("run_id", run_dir.name)
     title = f"{protocol.name} results — run {run_id}"
-    sections = _sections(rankings, tables.run_info, protocol, plots, tables.submissions)
+    integrity = tables.integrity
+    run_info = {**tables.run_info, "integrity": integrity.summary()} if integrity is not None else tables.run_info
+    sections = _sections(rankings, run_info, protocol, plots, tables.submissions)
     paths = ReportPaths(out_dir / "report.html", out_dir / "report.md", tuple(plots.values()))
-    paths.html.write_text(_render_html(title, sections), encoding="utf-8")
-    paths.markdown.write_text(_render_markdown(title, sections), encoding="utf-8")
+    page, markdown = _render_html(title, sections), _render_markdown(title, sections)
+    banner = integrity.banner() if integrity is not None else None
+    if banner:  # tampered / split changed / unverified: the first line of each file, the top of the page
+        markdown = f"{banner}\n\n{markdown}"
+        page = f"<!-- {banner.replace('--', '- -')} -->\n" + page.replace("<body>\n", (
+            '<body>\n<p style="background:#c53030;color:#fff;font-weight:bold;padding:10px 14px;font-size:15px">'
+            f"{html.escape(banner)}</p>\n"), 1).replace("<title>", f"<title>{html.escape(banner.split(':')[0])}: ", 1)
+    paths.html.write_text(page, encoding="utf-8")
+    paths.markdown.write_text(markdown, encoding="utf-8")
     return paths

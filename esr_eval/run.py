@@ -14,6 +14,16 @@ Contract
   hashes; :meth:`RunFolder.completed` returns the fingerprints already finished (status ``ok``
   or ``error``, measured on the run's device kind and GPU model; ``timeout``, ``startup_timeout``
   and ``crashed`` are retried on resume).
+* Integrity: the folder keeps ``ledger.json`` (``esr_eval.records``, "Integrity"): every part file
+  and ``run.json`` this writer puts there, with its sha256, size and time, rewritten atomically
+  after each write from the copy held in memory (the authoritative one). A re-written submission's
+  entries follow its parts (replaced, or dropped with a part that has no rows). ``run.json`` says
+  ``"ledger": "ledger.json"``, so a deleted ledger reads as tampering, not as an old run.
+  :meth:`RunFolder.completed` reads only recorded, unchanged parts, so a forged row never makes a
+  resumed driver skip a submission. Reopening a run written before the ledger adopts its files
+  (marked ``adopted``). :func:`recheck_splits` re-hashes the split files at the end of a run
+  (``run.json`` ``splits_verified_at_end``); :meth:`RunFolder.closing_lines` is what the driver
+  prints last, the ledger's digest among it.
 """
 
 from __future__ import annotations
@@ -25,13 +35,29 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from esr_eval.data import Split, discover_splits, embedded_split, folder_split, official_split, validate_split
 from esr_eval.loading import file_sha256
 from esr_eval.manifest import Submission
-from esr_eval.records import read_table, write_json, write_rows
+from esr_eval.records import (
+    LEDGER_NAME,
+    RUN_JSON_NAME,
+    RunIntegrity,
+    file_entry,
+    is_ledger_path,
+    ledger_payload,
+    read_parts,
+    read_verified,
+    table_files,
+    verify_run,
+    write_json,
+    write_part,
+)
+
+__all__ = ["RunFolder", "RunIntegrity", "RunLockedError", "fingerprint", "new_run_id", "read_verified",
+           "recheck_splits", "resolve_splits", "run_metadata", "summary_frame", "verify_run"]
 
 LOCK_NAME = "driver.lock"
 RESUMABLE_STATUSES = ("ok", "error")
@@ -79,6 +105,8 @@ def resolve_splits(data_root: Path | None, names: list[str] | None, pairs: list[
 class RunFolder:
     path: Path
     created: bool = False
+    _ledger: dict | None = field(default=None, init=False, repr=False, compare=False)
+    _ledger_sha256: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def create(cls, results_root: Path, run_id: str) -> "RunFolder":
@@ -105,6 +133,7 @@ class RunFolder:
             self.unlock()
         if discard_if_empty and self.created and not any(p.is_dir() for p in self.path.iterdir()):
             (self.path / "run.json").unlink(missing_ok=True)
+            (self.path / LEDGER_NAME).unlink(missing_ok=True)
             if not any(self.path.iterdir()):
                 self.path.rmdir()
 
@@ -152,20 +181,109 @@ class RunFolder:
         (self.path / LOCK_NAME).unlink(missing_ok=True)
 
     def write_run_json(self, payload: dict) -> None:
-        write_json(self.path / "run.json", payload)
+        files = self._files()
+        files[RUN_JSON_NAME] = write_json(self.path / RUN_JSON_NAME, {**payload, "ledger": LEDGER_NAME})
+        self._write_ledger()
 
     def read_run_json(self) -> dict:
         path = self.path / "run.json"
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def write_result(self, result, fingerprint: str | None, attempts: int = 1) -> None:
-        """Write one submission's rows; the submission row goes last (the commit point)."""
+        """Write one submission's rows; the submission row goes last (the commit point).
+
+        Each part is recorded in the ledger as soon as it is on disk; a table with no rows drops
+        the submission's earlier part and its entry."""
         sid = result.submission.submission_id
         row = dataclasses.replace(result.submission, fingerprint=fingerprint, attempts=attempts)
-        for table, rows in (("samples", result.samples), ("splits", result.splits)):
-            if not write_rows(self.path, table, list(rows), sid):
-                (self.path / table / f"{sid}.parquet").unlink(missing_ok=True)
-        write_rows(self.path, "submissions", [row], sid)
+        files = self._files()
+        for table, rows in (("samples", result.samples), ("splits", result.splits), ("submissions", [row])):
+            relpath = f"{table}/{sid}.parquet"
+            written = write_part(self.path, table, list(rows), sid)
+            if written is None:
+                (self.path / relpath).unlink(missing_ok=True)
+                if files.pop(relpath, None) is None:
+                    continue
+            else:
+                files[relpath] = written[1]
+            self._write_ledger()
+
+    # --- the ledger (module doc, "Integrity") -------------------------------------------------
+
+    def _files(self) -> dict:
+        """The ledger's entries (relative path → sha256, size, written_at_unix_s), loaded once."""
+        if self._ledger is None:
+            self._ledger = self._load_ledger()
+        return self._ledger
+
+    def _load_ledger(self) -> dict:
+        """Entries of the ledger on disk (a resumed run), else of a run written before ledgers
+        (its files adopted, marked so), else none (a new run, or one whose ledger is gone: what is
+        on disk then stays unrecorded, and readers report it)."""
+        path = self.path / LEDGER_NAME
+        if path.is_file():
+            try:
+                files = json.loads(path.read_text())["files"]
+                if isinstance(files, dict):
+                    self._ledger_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+                    return {k: v for k, v in files.items() if is_ledger_path(k) and isinstance(v, dict)}
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+            return {}
+        run_json = self.path / RUN_JSON_NAME
+        try:
+            declared = run_json.is_file() and json.loads(run_json.read_text()).get("ledger") == LEDGER_NAME
+        except (OSError, ValueError, AttributeError):
+            declared = True
+        if declared:
+            return {}
+        adopted = {}
+        for relpath in table_files(self.path) + ([RUN_JSON_NAME] if run_json.is_file() else []):
+            if is_ledger_path(relpath):
+                adopted[relpath] = {**file_entry((self.path / relpath).read_bytes()), "adopted": True}
+        return adopted
+
+    def _write_ledger(self) -> None:
+        entry = write_json(self.path / LEDGER_NAME, ledger_payload(self.run_id, self._files()))
+        self._ledger_sha256 = entry["sha256"]
+
+    def read_table(self, table: str):
+        """One table from the parts this writer recorded and that still match (nothing else is read)."""
+        return read_parts(self.path, table, self._files())
+
+    @property
+    def ledger_sha256(self) -> str | None:
+        """sha256 of ``ledger.json`` as this writer last wrote it (None before its first write)."""
+        return self._ledger_sha256
+
+    def verify(self) -> RunIntegrity:
+        """The folder checked against the ledger on disk, with a finding if that ledger is not the one
+        this writer last wrote (its digest differs)."""
+        integrity = verify_run(self.path)
+        if self._ledger_sha256 is not None and integrity.ledger_sha256 != self._ledger_sha256:
+            problem = (f"{LEDGER_NAME} on disk (sha256 {str(integrity.ledger_sha256)[:12]}…) is not the one the driver "
+                       f"wrote (sha256 {self._ledger_sha256[:12]}…)")
+            integrity = dataclasses.replace(integrity, ledger_problem=integrity.ledger_problem or problem)
+        return integrity
+
+    def closing_lines(self, split_check: dict | None = None) -> list[str]:
+        """What the driver prints last: the split re-check, the folder's own check, and the ledger
+        digest for the organiser to keep (``rank`` and ``report`` print the digest they verified)."""
+        lines = []
+        if split_check is not None:
+            if split_check["changed"]:
+                names = ", ".join(c["name"] for c in split_check["changed"])
+                lines.append(f"WARNING: SPLIT CHANGED MID-RUN: the files of split(s) {names} are not those hashed "
+                             "at the start; entries measured after the change were scored on other data "
+                             "(recorded in run.json splits_verified_at_end)")
+            else:
+                lines.append("splits: every split file re-hashed at the end of the run, unchanged")
+        integrity = self.verify()
+        if integrity.tampered:
+            lines.append(f"WARNING: {integrity.banner()}")
+        lines.append(f"ledger: {self.path / LEDGER_NAME} sha256 {self._ledger_sha256} — keep this line; "
+                     "`esr-eval rank` and `report` print the digest they verified against")
+        return lines
 
     def completed(self, device_kind: str | None = None, gpu_models: set[str] | None = None) -> dict[str, str]:
         """submission_id → fingerprint of results that need not run again.
@@ -174,7 +292,7 @@ class RunFolder:
         completes a GPU run); with ``gpu_models`` (Ray accelerator types such as ``A10G``), a GPU row
         counts only if its device name contains one of them.
         """
-        table = read_table(self.path, "submissions")
+        table = self.read_table("submissions")
         done = table[table["status"].isin(RESUMABLE_STATUSES)]
         if device_kind is not None:
             done = done[done["device_kind"] == device_kind]
@@ -205,10 +323,29 @@ def run_metadata(run_id: str, protocol, splits: list[Split], submissions: list[S
     }
 
 
+def recheck_splits(splits: list[Split]) -> dict:
+    """Re-hash every split's files now and compare with the digest taken at the start of the run.
+
+    ``Split.sha256`` is cached on the instance, so each split is re-hashed through a fresh ``Split``
+    of the same pairs (same definition). Returns ``run.json``'s ``splits_verified_at_end``:
+    ``checked_at_unix_s``, ``ok`` and ``changed`` (name, sha256_start, sha256_end or the error).
+    """
+    changed = []
+    for split in splits:
+        try:
+            now, error = Split(split.name, split.scale, split.pairs).sha256, None
+        except OSError as exc:
+            now, error = None, f"{type(exc).__name__}: {exc}"
+        if now != split.sha256:
+            changed.append({"name": split.name, "sha256_start": split.sha256, "sha256_end": now, "error": error})
+    return {"checked_at_unix_s": time.time(), "ok": not changed, "changed": changed}
+
+
 def summary_frame(run_dir: Path):
-    """One line per submission and split: status, PSNR, runtime, params, FLOPs, error (for printing)."""
-    subs = read_table(run_dir, "submissions")
-    splits = read_table(run_dir, "splits")
+    """One line per submission and split: status, PSNR, runtime, params, FLOPs, error (for printing);
+    from the recorded part files only (``records.verify_run``)."""
+    integrity = verify_run(run_dir, read=("submissions", "splits"))
+    subs, splits = integrity.tables["submissions"], integrity.tables["splits"]
     merged = subs[["submission_id", "status", "params", "flops_fvcore", "error"]].merge(
         splits[["submission_id", "split", "psnr_db", "psnr_y_db", "runtime_ms", "runtime_p90_ms", "peak_mem_mb"]],
         on="submission_id", how="left")

@@ -14,6 +14,8 @@ Contract
   (``perf_counter_ns`` around a synchronised call) is kept beside it as ``wall_ms``.
   CPU: ``time.perf_counter_ns``; the torch thread count is fixed by the caller and recorded.
 * Everything runs under ``torch.inference_mode()``; latencies are milliseconds (float64).
+* ``TimingProtocol`` and the named protocols are defined in :mod:`esr_eval.settings` (no torch, so
+  a process can receive them without importing torch) and importable from here as before.
 """
 
 from __future__ import annotations
@@ -25,44 +27,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-
-@dataclass(frozen=True)
-class TimingProtocol:
-    name: str
-    version: int
-    warmup_passes: int
-    repeats: int
-    headline: str  # "mean" (official) or "mean_of_image_medians"
-    description: str
-
-    @property
-    def protocol_id(self) -> str:
-        return f"{self.name}-v{self.version}"
-
-
-OFFICIAL = TimingProtocol(
-    "official", 1, warmup_passes=0, repeats=1, headline="mean",
-    description="as the organisers' script: no warm-up, one timed call per image, mean, cold first image included")
-DEFAULT = TimingProtocol(
-    "esr-default", 1, warmup_passes=1, repeats=5, headline="mean_of_image_medians",
-    description="one untimed pass over the split, then 5 timed passes; split runtime = mean of per-image medians")
-PROTOCOLS = {p.protocol_id: p for p in (OFFICIAL, DEFAULT)}
-PROTOCOLS.update({p.name: p for p in (OFFICIAL, DEFAULT)})
-
-
-def get_protocol(name: str, repeats: int | None = None, warmup_passes: int | None = None) -> TimingProtocol:
-    """A protocol by name or id; overriding repeats/warm-up gives a ``custom`` variant, recorded as such."""
-    if name not in PROTOCOLS:
-        raise ValueError(f"unknown timing protocol {name!r}; choose one of {sorted(PROTOCOLS)}")
-    base = PROTOCOLS[name]
-    if repeats is None and warmup_passes is None:
-        return base
-    repeats = base.repeats if repeats is None else repeats
-    warmup = base.warmup_passes if warmup_passes is None else warmup_passes
-    if repeats < 1 or warmup < 0:
-        raise ValueError("repeats must be >= 1 and warm-up passes >= 0")
-    return TimingProtocol(f"{base.name}-w{warmup}r{repeats}", base.version, warmup, repeats, base.headline,
-                          f"{base.description} (overridden: {warmup} warm-up passes, {repeats} repeats)")
+# The protocols themselves are plain data, defined in the torch-free esr_eval.settings and re-exported here.
+from esr_eval.settings import DEFAULT, OFFICIAL, PROTOCOLS, TimingProtocol, get_protocol  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -105,6 +71,17 @@ def _cuda_call(fn: Callable, x: torch.Tensor) -> tuple[torch.Tensor, float, floa
     return out, start_event.elapsed_time(end_event), wall_ms
 
 
+class LazyOutputError(TypeError):
+    """A timed call returned something other than a plain dense tensor, whose work could run after the clock."""
+
+
+def _require_plain(out) -> None:
+    if type(out) is not torch.Tensor or out.layout != torch.strided:
+        kind = type(out).__name__ if type(out) is not torch.Tensor else f"tensor with layout {out.layout}"
+        raise LazyOutputError(f"the model returned a {kind}, not a plain dense torch.Tensor; work it defers would "
+                              "run after the clock stops. Fix: return the output tensor itself")
+
+
 def time_split(fn: Callable[[torch.Tensor], torch.Tensor], inputs: list[torch.Tensor],
                protocol: TimingProtocol, device: torch.device | str = "cpu",
                keep_output: Callable[[torch.Tensor], object] = lambda t: t) -> TimedSplit:
@@ -112,7 +89,9 @@ def time_split(fn: Callable[[torch.Tensor], torch.Tensor], inputs: list[torch.Te
 
     ``inputs`` stay where they are (decoded once, on the host); each is copied to ``device``
     just before its call, outside the timed region, so peak memory holds one image as in the
-    official loop. ``keep_output`` converts repeat-0 outputs after the clock stops.
+    official loop. ``keep_output`` converts repeat-0 outputs after the clock stops; every timed
+    call must return a plain dense ``torch.Tensor`` (exact type, strided), so no deferred work can
+    escape the clock (:class:`LazyOutputError` otherwise).
     """
     device = torch.device(device)
     call = _cuda_call if device.type == "cuda" else _cpu_call
@@ -127,6 +106,7 @@ def time_split(fn: Callable[[torch.Tensor], torch.Tensor], inputs: list[torch.Te
         for repeat in range(protocol.repeats):
             for index, x in enumerate(inputs):
                 out, latency[repeat, index], wall[repeat, index] = call(fn, x.to(device))
+                _require_plain(out)
                 if repeat == 0:
                     outputs.append(keep_output(out))
                 del out

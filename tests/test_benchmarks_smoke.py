@@ -141,3 +141,104 @@ def test_spread_rows_aggregate_ok_launches_and_list_failed_ones():
     assert row.first_latency_median_ms == 22.0 and row.latency_to_wall == pytest.approx(0.8)
     assert (row.peak_mem_mb, row.peak_mem_official_mb) == (14.0, 24.0)
     assert row.errors == ("launch 2: boom",)
+
+
+# --- benchmarks/hygiene_false_flags.py ------------------------------------------------------------
+
+
+def test_hygiene_false_flags_writes_its_record(tmp_path):
+    out = tmp_path / "hff"
+    completed = _run("hygiene_false_flags.py", ["--mix", "team99_Bicubic=3", "--load-procs", "0", "--threads", "1",
+                                                "--out", str(out)], tmp_path / "cache")
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["torch_version"] == torch.__version__ and record["cpu_cores"] >= 1 and record["cpu_model"]
+    assert record["settings"]["mix"] == {"team99_Bicubic": 3} and record["settings"]["load_procs"] == 0
+    assert record["total_runs"] == record["planned_runs"] == 3 and record["stopped_early"] is None
+    assert record["wall_s"] > 0 and record["date"]
+    runs = record["runs"]
+    assert [r["submission_id"] for r in runs] == ["team99_Bicubic"] * 3
+    assert all(r["cache_timings"] and r["check_s"] > 0 for r in runs)
+    rates = {(row["submission_id"], row["check"]): row for row in record["rates"]}
+    checks = ("input_mutated", "nondeterministic", "nonfinite_output", "cache_suspect", "data_range", "any")
+    assert set(rates) == {(sub, check) for sub in ("all", "team99_Bicubic") for check in checks}
+    for (sub, check), row in rates.items():
+        flagged = sum(1 for r in runs if (r["flags"] if check == "any" else check in r["flags"]))
+        assert (row["flags"], row["runs"]) == (flagged, 3)
+        assert row["rate"] == pytest.approx(flagged / 3) and row["rate"] <= row["upper_95"] <= 1
+    assert record["flagged_runs"] == [r for r in runs if r["flags"]]
+    markdown = out.with_suffix(".md").read_text()
+    assert "| all | cache_suspect |" in markdown and "Cache check timing" in markdown
+    assert completed.stdout.rstrip().endswith(markdown.rstrip())  # the tables are printed last
+
+
+def test_hygiene_false_flags_upper_bound_and_schedule():
+    hff = _load("hygiene_false_flags")
+    assert hff.upper_bound(0, 1000) == pytest.approx(1 - 0.05 ** (1 / 1000))  # ~ 3 / n, the rule of three
+    assert hff.upper_bound(0, 1000) == pytest.approx(3 / 1000, rel=0.01)
+    assert hff.upper_bound(5, 30) > 5 / 30 and hff.upper_bound(30, 30) == 1.0
+    order = hff.schedule((("a", 3), ("b", 2)), seed=1)
+    assert sorted(order) == ["a", "a", "a", "b", "b"] and order == hff.schedule((("a", 3), ("b", 2)), seed=1)
+
+
+# --- benchmarks/scale_driver.py -------------------------------------------------------------------
+
+
+def test_scale_driver_field_and_made_up_rows_fit_the_run_folder(tmp_path):
+    import pandas as pd
+
+    from esr_eval.data import ImagePair, Split
+    from esr_eval.run import RunFolder
+    from esr_eval.settings import DEFAULT, EvaluationConfig
+
+    sd = _load("scale_driver")
+    durations = sd.designed_durations(40, seed=3, scale=0.5)
+    assert np.array_equal(durations, sd.designed_durations(40, seed=3, scale=0.5))
+    assert durations.min() >= sd.REAL_FLOOR_S * 0.5
+    designed = sd.write_field(tmp_path / "subs", durations)
+    subs, errors = sd.discover_field(tmp_path / "subs")
+    assert not errors and {s.submission_id: s.model.kwargs["sleep_s"] for s in subs} == designed
+    assert all(s.checkpoint is None for s in subs)
+    image = tmp_path / "img.png"
+    image.write_bytes(b"not decoded")
+    split = Split("tiny", 4, (ImagePair("a", image, image), ImagePair("b", image, image)))
+    base = dict(run_id="r", submission_id=subs[0].submission_id, team_id=subs[0].team_id, name=subs[0].name,
+                manifest_sha256=subs[0].manifest_sha256)
+    result = sd._made_up_result(base, subs[0], [split], EvaluationConfig(protocol=DEFAULT), 2.0)
+    assert result.submission.status == "ok" and len(result.splits) == 1
+    assert len(result.samples) == 2 * DEFAULT.repeats
+    folder = RunFolder.create(tmp_path / "results", "r")
+    folder.write_result(result, fingerprint="f")  # the made-up rows fit the Parquet schemas
+    assert len(pd.read_parquet(folder.path / "samples")) == 2 * DEFAULT.repeats
+
+
+@pytest.mark.ray
+def test_scale_driver_writes_its_record(tmp_path):
+    out = tmp_path / "sd"
+    env = {**os.environ, "ESR_EVAL_CACHE": str(tmp_path / "cache")}
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "scale_driver.py"), "--submissions", "6", "--nodes", "2",
+         "--gpus-per-node", "2", "--scale", "0.01", "--out", str(out)],
+        capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300)
+    assert completed.returncode == 0, f"scale_driver.py failed:\n{completed.stdout}\n{completed.stderr[-4000:]}"
+    record = json.loads(out.with_suffix(".json").read_text())
+    settings = record["settings"]
+    assert (settings["submissions"], settings["nodes"], settings["gpus_per_node"], settings["gpus"]) == (6, 2, 2, 4)
+    assert record["statuses"] == {"ok": 6}
+    assert record["actors_torch_free"] == record["actors_logged"] == record["distinct_actor_processes"] == 6
+    assert 1 <= record["peak_concurrent_evaluations"] <= 4
+    timings = record["timings"]
+    designed = [t["designed_s"] for t in timings]
+    assert designed == sorted(designed, reverse=True)  # launched longest first
+    assert all(t["wall_s"] >= t["designed_s"] for t in timings)  # the sleeps happened
+    from esr_eval.scheduling import lpt_makespan
+
+    assert record["ideal_lpt_s"] == pytest.approx(lpt_makespan(designed, 4))
+    assert record["makespan_over_lpt"] == pytest.approx(record["makespan_s"] / record["ideal_lpt_s"])
+    assert record["driver_cpu_s"] > 0 and record["driver_rss_peak_mib"] >= record["driver_rss_before_mib"] > 0
+    assert record["driver_ray_calls"]["kill"] == 6
+    rows = {read["table"]: read["rows"] for read in record["table_reads"]}
+    assert rows == {"submissions": 6, "splits": 6, "samples": 6 * settings["samples_per_submission"]}
+    assert record["machine"]["cpu_cores"] >= 1 and record["machine"]["ray_version"] and record["machine"]["date"]
+    markdown = out.with_suffix(".md").read_text()
+    assert "**makespan / LPT ideal**" in markdown and "pd.read_parquet(run/samples)" in markdown
+    assert completed.stdout.rstrip().endswith(markdown.rstrip())  # the table is printed last

@@ -64,3 +64,38 @@ def test_empty_table_has_the_columns(tmp_path):
 def test_schema_doc_is_current(repo_root):
     assert (repo_root / "docs" / "SCHEMA.md").read_text() == schema_markdown() + "\n", \
         "regenerate docs/SCHEMA.md: python -c 'from esr_eval.records import schema_markdown; print(schema_markdown())' > docs/SCHEMA.md"
+
+
+def test_write_part_returns_the_ledger_entry_of_the_bytes_on_disk(tmp_path):
+    import hashlib
+
+    from esr_eval.records import write_part
+
+    path, entry = write_part(tmp_path, "samples", [_sample(0)], "team10_Tiny")
+    data = path.read_bytes()
+    assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["size"] == len(data)
+    assert write_part(tmp_path, "samples", [], "team11_B") is None
+
+
+def test_read_verified_reads_recorded_parts_only(tmp_path):
+    import json
+    import warnings
+
+    from esr_eval.records import (RunIntegrityWarning, file_entry, ledger_payload, read_verified, verify_run,
+                                  write_json)
+
+    recorded = write_rows(tmp_path, "samples", [_sample(0)], "team10_Tiny")
+    write_json(tmp_path / "ledger.json", ledger_payload("r", {"samples/team10_Tiny.parquet":
+                                                              file_entry(recorded.read_bytes())}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RunIntegrityWarning)
+        assert list(read_verified(tmp_path, "samples")["submission_id"]) == ["team10_Tiny"]
+    write_rows(tmp_path, "samples", [_sample(1, "team11_B")], "team11_B")
+    (tmp_path / "samples" / "nested").mkdir()
+    (tmp_path / "samples" / "nested" / "x.parquet").write_bytes(b"pandas would read this")
+    with pytest.warns(RunIntegrityWarning, match="TAMPERED RUN"):
+        frame = read_verified(tmp_path, "samples")
+    assert list(frame["submission_id"]) == ["team10_Tiny"]
+    assert set(verify_run(tmp_path).unexpected) == {"samples/team11_B.parquet", "samples/nested/x.parquet"}
+    (tmp_path / "ledger.json").write_text(json.dumps({"format": "something else"}))
+    assert verify_run(tmp_path).ledger == "unreadable" and verify_run(tmp_path).tampered

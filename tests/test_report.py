@@ -147,3 +147,25 @@ def test_flags_for_the_organiser_are_listed(tmp_path):
     assert "input_mutated; data_range; loaded with strict=False" in section
     assert "FLOP audit: independent count / fvcore = 2.500" in section
     assert "team12_C" not in section.split("Provenance", 1)[0]
+
+
+def test_infinite_psnr_is_reported_not_a_crash(tmp_path):
+    """A model that returns the ground truth exactly scores PSNR = +inf: the tables say "inf", the plot
+    leaves it out of the axis limits, draws it clipped at the edge and says so under the axes."""
+    import pandas as pd
+
+    run = write_synthetic_run(
+        tmp_path / "inf-run", n_submissions=8, seed=1, splits=("embedded",), images_per_split=5, repeats=3
+    )
+    splits = pd.read_parquet(run / "splits")
+    perfect = splits["submission_id"] == "team01_SPAN"
+    assert perfect.sum() == 1
+    splits.loc[perfect, ["psnr_db", "psnr_y_db"]] = np.inf
+    splits.to_parquet(next((run / "splits").glob("*.parquet")), index=False)
+
+    paths = write_report(run, load_protocol("demo").with_resamples(50), out_dir=tmp_path / "out")
+    results = paths.markdown.read_text(encoding="utf-8").split("## Results", 1)[1].split("## ", 1)[0]
+    row = next(line for line in results.splitlines() if "| SPAN |" in line)
+    assert [c.strip() for c in row.strip("|").split("|")][3] == "inf"
+    with Image.open(paths.plots[0]) as image:
+        assert np.asarray(image.convert("L")).std() > 5

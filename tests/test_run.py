@@ -86,3 +86,106 @@ def test_resolve_splits_rejects_bad_data_before_any_model_runs(tmp_path):
     (lr / f"{pair.name}x4.png").write_bytes(b"not a png")
     with pytest.raises(SplitError, match=f"{pair.name}x4.png"):
         resolve_splits(tmp_path, ["x"], None)
+
+
+# --- the ledger (records "Integrity") ------------------------------------------------------------
+
+
+def _ledger_files(folder: RunFolder) -> dict:
+    return json.loads((folder.path / "ledger.json").read_text())["files"]
+
+
+def test_ledger_records_every_part_and_follows_a_rewrite(tmp_path):
+    import hashlib
+
+    folder = RunFolder.create(tmp_path, "run1")
+    folder.write_run_json({"run_id": "run1"})
+    folder.write_result(_result("a", samples=3), fingerprint="fa")
+    folder.write_result(_result("b"), fingerprint="fb")
+    assert set(_ledger_files(folder)) == {"run.json", "samples/a.parquet", "submissions/a.parquet",
+                                          "samples/b.parquet", "submissions/b.parquet"}
+    before = _ledger_files(folder)["submissions/a.parquet"]["sha256"]
+    folder.write_result(_result("a", status="error", samples=0), fingerprint="fa2", attempts=2)
+    files = _ledger_files(folder)
+    assert "samples/a.parquet" not in files  # the dropped part left the ledger with it
+    entry = files["submissions/a.parquet"]
+    data = (folder.path / "submissions" / "a.parquet").read_bytes()
+    assert entry["sha256"] == hashlib.sha256(data).hexdigest() != before and entry["size"] == len(data)
+    assert folder.ledger_sha256 == hashlib.sha256((folder.path / "ledger.json").read_bytes()).hexdigest()
+    assert json.loads((folder.path / "run.json").read_text())["ledger"] == "ledger.json"
+    assert folder.verify().clean
+
+
+def test_completed_ignores_parts_the_ledger_does_not_hold(tmp_path):
+    from esr_eval.records import write_rows
+
+    folder = RunFolder.create(tmp_path, "run1")
+    folder.write_result(_result("a"), fingerprint="fa")
+    write_rows(folder.path, "submissions", [SubmissionRow(run_id="r", submission_id="x", team_id="77", name="x",
+                                                          status="ok", fingerprint="fx")], "x")
+    assert folder.completed() == {"a": "fa"}
+    assert RunFolder(folder.path).completed() == {"a": "fa"}  # a resumed driver reads the ledger on disk
+    rewritten = _result("a", status="error")  # a changed recorded part is not trusted either
+    write_rows(folder.path, "submissions", [rewritten.submission], "a")
+    assert RunFolder(folder.path).completed() == {}
+
+
+def test_a_run_from_before_the_ledger_is_adopted_on_resume(tmp_path):
+    from esr_eval.records import verify_run, write_json, write_rows
+
+    path = tmp_path / "old"
+    write_rows(path, "submissions", [SubmissionRow(run_id="old", submission_id="a", team_id="10", name="a",
+                                                   status="ok", fingerprint="fa")], "a")
+    write_json(path / "run.json", {"run_id": "old"})
+    folder = RunFolder(path)
+    assert folder.completed() == {"a": "fa"}
+    folder.write_result(_result("b"), fingerprint="fb")
+    files = _ledger_files(folder)
+    assert files["submissions/a.parquet"]["adopted"] and "adopted" not in files["submissions/b.parquet"]
+    integrity = verify_run(path)
+    assert not integrity.tampered and any("predate the ledger" in note for note in integrity.notes)
+
+
+def test_a_ledger_rewritten_behind_the_driver_is_noticed(tmp_path):
+    folder = RunFolder.create(tmp_path, "run1")
+    folder.write_result(_result("a"), fingerprint="fa")
+    ledger = json.loads((folder.path / "ledger.json").read_text())
+    ledger["files"]["submissions/a.parquet"]["written_at_unix_s"] = 0.0
+    (folder.path / "ledger.json").write_text(json.dumps(ledger))
+    integrity = folder.verify()
+    assert integrity.tampered and "is not the one the driver wrote" in integrity.ledger_problem
+    assert folder.closing_lines()[0].startswith("WARNING: TAMPERED RUN")
+    folder.write_result(_result("b"), fingerprint="fb")  # the driver's next write restores its own ledger
+    assert folder.verify().clean
+
+
+def test_recheck_splits_finds_a_changed_or_vanished_file(tmp_path):
+    import shutil
+
+    from esr_eval.data import folder_split
+    from esr_eval.run import recheck_splits
+
+    source = embedded_split()
+    hr, lr = tmp_path / "HR", tmp_path / "LR"
+    hr.mkdir()
+    lr.mkdir()
+    for pair in source.pairs:
+        shutil.copy(pair.hr_path, hr / pair.hr_path.name)
+        shutil.copy(pair.lr_path, lr / pair.lr_path.name)
+    split = folder_split("copy", hr, lr, 4)
+    start = split.sha256
+    assert recheck_splits([split])["ok"]
+    first = sorted(hr.iterdir())[0]
+    first.write_bytes(first.read_bytes() + b"\0")
+    (change,) = recheck_splits([split])["changed"]
+    assert change["name"] == "copy" and change["sha256_start"] == start != change["sha256_end"]
+    first.unlink()
+    (change,) = recheck_splits([split])["changed"]
+    assert change["sha256_end"] is None and "FileNotFoundError" in change["error"]
+
+
+def test_discarded_empty_run_leaves_no_ledger_behind(tmp_path):
+    folder = RunFolder.open(tmp_path, "fresh")
+    folder.write_run_json({"run_id": "fresh"})
+    folder.close(discard_if_empty=True)
+    assert not (tmp_path / "fresh").exists()
