@@ -2,13 +2,14 @@
 
 Contract
 - ``python benchmarks/hygiene_false_flags.py [--mix ID=RUNS ...] [--load-procs N] [--device cpu]
-  [--threads N] [--seed S] [--max-minutes M] [--out PREFIX]`` loads each clean submission of ``model_zoo/`` named in
-  the mix (``esr_eval.loading.load_submission``, wrapped in ``ForwardAdapter`` with the manifest's
-  adapter, scale and data range, as ``esr_eval.evaluate`` does), runs one untimed forward over the
-  hygiene images (evaluation reaches hygiene after the timed inference, so the model is warm), and
-  then calls ``esr_eval.hygiene.check_hygiene(adapter, pairs, device)`` exactly as
-  ``esr_eval.evaluate._hygiene_fields`` does: on the first ``HYGIENE_IMAGES`` pairs of the embedded
-  split, decoded with ``load_pair``. The runs of all submissions are interleaved in an order
+  [--threads N] [--seed S] [--max-minutes M] [--out PREFIX]`` loads each clean submission of
+  ``model_zoo/`` named in the mix (``esr_eval.loading.load_submission``, wrapped in
+  ``ForwardAdapter`` with the manifest's adapter, scale and data range, as ``esr_eval.evaluate``
+  does), runs one untimed forward over the hygiene images (evaluation reaches hygiene after the
+  timed inference, so the model is warm), and then calls
+  ``esr_eval.hygiene.check_hygiene(adapter, pairs, device)`` exactly as
+  ``esr_eval.evaluate._hygiene_fields`` does: on the first ``HYGIENE_IMAGES`` pairs of the
+  embedded split, decoded with ``load_pair``. The runs of all submissions are interleaved in an order
   shuffled with ``--seed``, so drift of the machine's load spreads over every submission.
 - Background load: before the first run the script starts ``--load-procs`` processes (default
   ``os.cpu_count()``) of ``while True: pass`` and stops them at the end (also on an error or

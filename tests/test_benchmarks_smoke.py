@@ -40,7 +40,7 @@ def _load(name: str):
 def _run(script: str, args: list[str], cache: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "ESR_EVAL_CACHE": str(cache)}
     completed = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
-                               env=env, cwd=REPO_ROOT, timeout=120)
+                               env=env, cwd=REPO_ROOT, timeout=900)
     assert completed.returncode == 0, f"{script} failed:\n{completed.stdout}\n{completed.stderr}"
     return completed
 
