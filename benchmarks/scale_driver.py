@@ -2,18 +2,20 @@
 
 Contract
 - ``python benchmarks/scale_driver.py [--submissions 1000] [--nodes 8] [--gpus-per-node 8]
-  [--scale 0.25] [--seed 0] [--out PREFIX] [--profile]`` writes ``--submissions`` manifests into a
-  temporary submissions root, all pointing at one trivial model file (no checkpoint; the file is
-  never imported). Each manifest's ``model.kwargs.sleep_s`` is its designed duration: a seeded
-  log-normal draw of *realistic* per-submission durations (median ``REAL_MEDIAN_S`` = 120 s,
-  sigma ``REAL_SIGMA`` = 0.5, at least ``REAL_FLOOR_S`` = 30 s: what one submission's full
-  evaluation takes on a GPU), times ``--scale`` (default 0.25, so the default run takes 10-15
-  minutes here).
+  [--scale 0.25] [--seed 0] [--out PREFIX] [--profile] [--driver-file PATH]`` writes
+  ``--submissions`` manifests into a temporary submissions root, all pointing at one trivial model
+  file (no checkpoint; the file is never imported); they share the 100 two-digit team ids
+  (``discover_all(..., allow_shared_team_ids=True)``). Each manifest's ``model.kwargs.sleep_s``
+  is its designed duration: a seeded log-normal draw of *realistic* per-submission durations
+  (median ``REAL_MEDIAN_S`` = 120 s, sigma ``REAL_SIGMA`` = 0.5, at least ``REAL_FLOOR_S`` = 30 s:
+  what one submission's full evaluation takes on a GPU), times ``--scale`` (default 0.25: an
+  ideal makespan of 520 s on 64 GPUs, so the default run takes about 10 minutes on a quiet 2-core
+  machine, more on a busy one).
 - A simulated cluster (:class:`ray.cluster_utils.Cluster`): a head advertising ``GPU: 0`` (as
   ``ray_config.yaml``'s head) plus ``--nodes`` nodes of ``--gpus-per-node`` fake GPUs each (one
   raylet process per node, one CPU each; no Ray accelerator type is declared, so the GPU model is
-  ``unknown`` and the same everywhere). The submissions run
-  through the real driver, :func:`esr_eval.driver.run_distributed`, with manifests discovered by
+  ``unknown`` and the same everywhere). The submissions run through the real driver,
+  :func:`esr_eval.driver.run_distributed`, with manifests discovered by
   :func:`esr_eval.manifest.discover_all`, a real run folder, real Parquet part files, the designed
   durations as ``expected_s`` (LPT order) and ``DriverOptions(actor_class=SleeperActor)``.
 - :class:`SleeperActor` is a light actor: it sleeps the designed duration and returns an ``ok``
@@ -22,8 +24,8 @@ Contract
   never imports torch (arguments and results are torch-free: ``esr_eval.settings``,
   ``esr_eval.manifest``, ``esr_eval.data``, ``esr_eval.records``), so one 2-core machine holds 64
   at once. Each actor checks ``'torch' not in sys.modules`` when its evaluation starts and logs it
-  (a torch-loaded actor returns an ``error`` row instead), with its pid, process start time and RSS,
-  as one JSON line in ``<submissions root>/actors.jsonl``. The class is defined in this script, so
+  (a torch-loaded actor returns an ``error`` row instead), with its pid, process start time, CPU
+  seconds and RSS, as one JSON line in ``<submissions root>/actors.jsonl``. The class is defined in this script, so
   Ray pickles it by value (``register_pickle_by_value`` when the module is imported instead).
 - Figures: makespan (wall clock around ``run_distributed``) against :func:`lpt_makespan` of the
   designed durations on all GPUs (target <= ``TARGET_RATIO``) and :func:`lower_bound`; the
@@ -40,6 +42,8 @@ Contract
   time of the loop's thread, and keeps the top functions (it inflates the driver's CPU figures:
   use it to find hot spots, not to measure). ``--driver-file PATH`` runs another copy of
   ``esr_eval/driver.py`` (loaded under a private name) for an A/B comparison of a driver change.
+- Ray's temporary files go under ``$RAY_TMPDIR`` (default ``/tmp/rt``: its socket paths must stay
+  short).
 - Output: ``PREFIX.json`` (everything, one timeline per submission included) and ``PREFIX.md``
   (the table, printed last); default ``benchmarks/results/scale_driver-<host>-<date>``.
 Units: seconds (``_s``), MiB (``_mib``), KiB (``_kib``); ratios are dimensionless.
@@ -55,7 +59,6 @@ import dataclasses
 import datetime
 import hashlib
 import importlib.util
-import inspect
 import io
 import json
 import os
@@ -351,10 +354,8 @@ def write_field(root: Path, durations: np.ndarray) -> dict[str, float]:
 
 def discover_field(root: Path):
     """The generated manifests, discovered as the driver's callers do; 1,000 submissions share the 100
-    two-digit team ids, which a synthetic field may (``allow_shared_team_ids`` where the option exists)."""
-    if "allow_shared_team_ids" in inspect.signature(discover_all).parameters:
-        return discover_all(root / "manifests", root, allow_shared_team_ids=True)
-    return discover_all(root / "manifests", root)
+    two-digit team ids, which a synthetic field may (``allow_shared_team_ids``)."""
+    return discover_all(root / "manifests", root, allow_shared_team_ids=True)
 
 
 class Sampler(threading.Thread):

@@ -240,11 +240,16 @@ def write_part(run_dir: Path, table: str, rows: list, part_name: str) -> tuple[P
     return path, _atomic_write(path, lambda tmp: pq.write_table(arrow_table, tmp))
 
 
-def write_json(path: Path, payload: dict) -> dict:
-    """Write ``payload`` as JSON atomically; returns the ledger entry of the bytes written."""
+def write_json(path: Path, payload: dict, indent: int | None = 2) -> dict:
+    """Write ``payload`` as JSON atomically; returns the ledger entry of the bytes written.
+
+    ``indent=None`` writes compact JSON with the C encoder (the ledger, rewritten after every
+    submission, stays cheap as it grows)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str)))
+    text = json.dumps(payload, indent=indent, sort_keys=True, default=str,
+                      separators=None if indent else (",", ":"))
+    return _atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def read_table(run_dir: Path, table: str):

@@ -192,8 +192,8 @@ class RunFolder:
     def write_result(self, result, fingerprint: str | None, attempts: int = 1) -> None:
         """Write one submission's rows; the submission row goes last (the commit point).
 
-        Each part is recorded in the ledger as soon as it is on disk; a table with no rows drops
-        the submission's earlier part and its entry."""
+        The ledger is rewritten once, after all of the submission's parts are on disk; a table with no
+        rows drops the submission's earlier part and its entry."""
         sid = result.submission.submission_id
         row = dataclasses.replace(result.submission, fingerprint=fingerprint, attempts=attempts)
         files = self._files()
@@ -206,7 +206,7 @@ class RunFolder:
                     continue
             else:
                 files[relpath] = written[1]
-            self._write_ledger()
+        self._write_ledger()
 
     # --- the ledger (module doc, "Integrity") -------------------------------------------------
 
@@ -244,7 +244,7 @@ class RunFolder:
         return adopted
 
     def _write_ledger(self) -> None:
-        entry = write_json(self.path / LEDGER_NAME, ledger_payload(self.run_id, self._files()))
+        entry = write_json(self.path / LEDGER_NAME, ledger_payload(self.run_id, self._files()), indent=None)
         self._ledger_sha256 = entry["sha256"]
 
     def read_table(self, table: str):
@@ -298,8 +298,8 @@ class RunFolder:
             done = done[done["device_kind"] == device_kind]
         known = {m.lower() for m in gpu_models or ()} - {"unknown"}
         if known:
-            names = done["device_name"].fillna("").str.lower()
-            done = done[names.map(lambda name: any(model in name for model in known))]
+            names = done["device_name"].fillna("").astype(str).str.lower()
+            done = done[names.map(lambda name: any(model in name for model in known)).astype(bool)]
         return dict(zip(done["submission_id"], done["fingerprint"]))
 
 

@@ -218,7 +218,7 @@ def test_scale_driver_writes_its_record(tmp_path):
     completed = subprocess.run(
         [sys.executable, str(BENCHMARKS / "scale_driver.py"), "--submissions", "6", "--nodes", "2",
          "--gpus-per-node", "2", "--scale", "0.01", "--out", str(out)],
-        capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300)
+        capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=900)
     assert completed.returncode == 0, f"scale_driver.py failed:\n{completed.stdout}\n{completed.stderr[-4000:]}"
     record = json.loads(out.with_suffix(".json").read_text())
     settings = record["settings"]

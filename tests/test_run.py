@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import subprocess
 import sys
@@ -189,3 +191,16 @@ def test_discarded_empty_run_leaves_no_ledger_behind(tmp_path):
     folder.write_run_json({"run_id": "fresh"})
     folder.close(discard_if_empty=True)
     assert not (tmp_path / "fresh").exists()
+
+
+def test_completed_counts_only_rows_of_the_runs_device_kind_and_gpu_model(tmp_path):
+    folder = RunFolder.create(tmp_path, "kinds")
+    assert folder.completed(device_kind="cuda", gpu_models={"A10G"}) == {}  # a fresh GPU run
+    rows = {"cpu": ("cpu", "AMD EPYC"), "a10g": ("cuda", "NVIDIA A10G"), "t4": ("cuda", "Tesla T4")}
+    for sid, (kind, name) in rows.items():
+        result = _result(sid)
+        folder.write_result(dataclasses.replace(result, submission=dataclasses.replace(
+            result.submission, device_kind=kind, device_name=name)), fingerprint=f"f{sid}")
+    assert folder.completed(device_kind="cpu") == {"cpu": "fcpu"}
+    assert folder.completed(device_kind="cuda", gpu_models={"A10G"}) == {"a10g": "fa10g"}
+    assert folder.completed(device_kind="cuda", gpu_models={"unknown"}) == {"a10g": "fa10g", "t4": "ft4"}
