@@ -3,6 +3,7 @@ retried elsewhere — a node removed, and a node whose raylet is SIGKILLed — a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -180,3 +181,16 @@ def test_an_actor_that_dies_on_a_healthy_node_is_crashed_not_retried(cluster, fa
     row = subs.loc["team30_Exits"]
     assert row["status"] == "crashed" and row["attempts"] == 1, row["error"]
     assert "its node is healthy" in row["error"]
+
+
+def test_a_gpu_run_on_nodes_with_an_accelerator_type_records_rows(cluster, factory, tmp_path):
+    """Real GPU nodes declare accelerator_type:<model>; resume bookkeeping filters on it (fake GPUs
+    here, so torch sees no CUDA and every row is an error saying so, never a CPU timing)."""
+    factory.make()
+    subs, errors = discover_all(factory.manifests, factory.root)
+    folder = RunFolder.create(tmp_path / "results", new_run_id())
+    gpu_run = dataclasses.replace(CONFIG, device="auto")
+    summary = run_distributed(subs, errors, [embedded_split()], gpu_run, folder, DriverOptions(progress=False))
+    row = pd.read_parquet(folder.path / "submissions").set_index("submission_id").loc["team10_Tiny"]
+    assert summary.device == "cuda" and summary.gpu_models == ("A10G",)
+    assert row["status"] == "error" and "sees no CUDA device" in row["error"]
