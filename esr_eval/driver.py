@@ -95,7 +95,14 @@ def _failure_row(sub: Submission, run_id: str, status: str, message: str, stage:
 
 
 class SubmissionActor:
-    """Runs exactly one submission, then is killed; a new process per submission."""
+    """Runs exactly one submission, then is killed; a new process per submission.
+
+    The evaluator's own heavy imports happen while the actor starts, so they count as start-up
+    (``startup_timeout_s``), never against the submission's ``timeout_s``.
+    """
+
+    def __init__(self):
+        import fvcore.nn  # noqa: F401  (imported lazily by complexity; seconds on a loaded node)
 
     def node(self) -> dict:
         ctx = ray.get_runtime_context()

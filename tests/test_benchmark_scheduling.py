@@ -36,7 +36,7 @@ def _peak_overlap(intervals: list[tuple[float, float]]) -> int:
 def test_small_run_writes_a_consistent_record(tmp_path):
     prefix = tmp_path / "scheduling"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--submissions", "3", "--gpus", str(GPUS), "--scale", "0.05",
-                           "--out", str(prefix)], capture_output=True, text=True, timeout=180, cwd=tmp_path)
+                           "--out", str(prefix)], capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     record = json.loads(prefix.with_suffix(".json").read_text())
     table = prefix.with_suffix(".md").read_text()

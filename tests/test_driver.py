@@ -75,7 +75,7 @@ def test_faults_become_rows_and_others_finish(factory, tmp_path):
     factory.make("team12_Exits", team_id="12", model_source={"prelude": "import os\n", "forward_body": "os._exit(7)"})
     factory.make("team13_Hangs", team_id="13", model_source={"prelude": "import time\n",
                                                              "forward_body": "time.sleep(600)"})
-    summary, subs, folder = _run(factory, tmp_path, timeout_s=30)
+    summary, subs, folder = _run(factory, tmp_path, timeout_s=60)
     assert subs.loc["team10_Ok", "status"] == "ok"
     assert subs.loc["team11_Raises", "status"] == "error"
     assert "ValueError: bad team" in subs.loc["team11_Raises", "error"]
@@ -124,7 +124,7 @@ def test_pinning_an_absent_gpu_model_is_refused(factory, tmp_path):
 class SlowStartActor(SubmissionActor):
     """An actor whose process takes START_S to come up (as on a loaded node), before any submission code."""
 
-    START_S = 30.0
+    START_S = 60.0
 
     def __init__(self):
         import time

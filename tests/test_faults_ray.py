@@ -26,7 +26,7 @@ ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
 
 FAKE_GPUS = 2
-TIMEOUT_S = 30.0
+TIMEOUT_S = 60.0
 CONFIG = EvaluationConfig(protocol=OFFICIAL, device="cpu", complexity_input_shape=(1, 3, 32, 32))
 PROCESS_FAULTS = [
     # submission id, status, text in the error
