@@ -56,11 +56,11 @@ from esr_eval.adapter import ForwardAdapter  # noqa: E402
 from esr_eval.data import (  # noqa: E402
     Split, default_cache_dir, embedded_source_paths, matlab_imresize, official_split, read_image_rgb,
     validate_split)
-from esr_eval.evaluate import _to_uint8_checked  # noqa: E402
 from esr_eval.loading import load_submission  # noqa: E402
 from esr_eval.manifest import Submission, parse_manifest  # noqa: E402
 from esr_eval.provenance import device_facts, environment  # noqa: E402
-from esr_eval.timing import get_protocol, summarize, time_split  # noqa: E402
+from esr_eval.quality import to_uint8  # noqa: E402
+from esr_eval.timing import get_protocol, in_process, summarize, time_split  # noqa: E402
 
 SCALE = 4
 DEFAULT_HR_SIZE_PX = (2040, 1356)
@@ -230,7 +230,8 @@ def measure_launch(sub: Submission, data_root: Path, split_names: list[str], pro
         inputs = [adapter.to_input(read_image_rgb(pair.lr_path), "cpu") for pair in split.pairs]
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        timed = time_split(adapter, inputs, protocol, device, keep_output=_to_uint8_checked(adapter))
+        keep = lambda out: to_uint8(out, adapter.data_range, reject_inf=True)  # noqa: E731
+        timed = time_split(in_process(adapter, device, keep_output=keep), inputs, protocol)
         split_peak = _peak_mb(device)
         if split_peak is not None:
             official_peak = max(official_peak, split_peak)

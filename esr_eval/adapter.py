@@ -38,6 +38,10 @@ class ForwardAdapter:
         self.scale = scale
         self.data_range = data_range
 
+    def with_data_range(self, data_range: float) -> "ForwardAdapter":
+        """The same model and spec under another declared data range (conversions only)."""
+        return ForwardAdapter(self.model, self.spec, self.scale, data_range)
+
     def to_input(self, lr_u8: np.ndarray, device: torch.device | str) -> torch.Tensor:
         array = np.ascontiguousarray(lr_u8.transpose(2, 0, 1), dtype=np.float32)
         tensor = torch.from_numpy(array).unsqueeze(0).to(device)

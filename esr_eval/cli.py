@@ -120,6 +120,9 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-hygiene", action="store_true", help="skip the hygiene checks")
     parser.add_argument("--memory-limit-mb", type=int, default=16384,
                         help="host memory one submission may use (RLIMIT_DATA, default 16384); 0: no limit")
+    parser.add_argument("--no-landlock", action="store_true",
+                        help="do not restrict the sandbox with Landlock (only where it gets in the way, e.g. a GPU "
+                             "driver that needs other files; recorded in every row's `sandbox` column)")
     parser.add_argument("--ssim", action="store_true",
                         help="also compute SSIM and SSIM-Y (off by default, as in the official script)")
     parser.add_argument("--results", type=Path, default=Path("results"), help="results root (default results/)")
@@ -146,7 +149,7 @@ def prepare_run(args):
     protocol = get_protocol(args.protocol, args.repeats, args.warmup)
     config = EvaluationConfig(protocol=protocol, device=args.device, torch_threads=args.threads,
                               hygiene=not args.no_hygiene, ssim=args.ssim,
-                              memory_limit_mb=args.memory_limit_mb or None)
+                              memory_limit_mb=args.memory_limit_mb or None, landlock=not args.no_landlock)
     return subs, manifest_errors, splits, config
 
 

@@ -43,7 +43,7 @@ INPUT_DEPENDENCE_TOLERANCE = 0.02
 BUFFER_SHARE = 0.05
 _RELU_FAMILY = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU)
 _CONV_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
-_FLAGGED_CATEGORIES = ("same-padded convolution", "FFT", "custom autograd Function", "extension op")
+FLAGGED_CATEGORIES = ("same-padded convolution", "FFT", "custom autograd Function", "extension op")
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class ZeroCountedOp:
 
     @property
     def flagged(self) -> bool:
-        return self.category in _FLAGGED_CATEGORIES
+        return self.category in FLAGGED_CATEGORIES
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,31 @@ class Complexity:
         flagged = [f"{op.op}×{op.calls} ({op.category})" for op in self.zero_counted_ops if op.flagged]
         text = f"audit/fvcore = {self.audit_ratio:.3f}"
         return text + ("; counted as zero: " + ", ".join(flagged) if flagged else "")
+
+
+class MalformedCounts(ValueError):
+    """Complexity figures sent by a sandbox that are not what :func:`complexity_from_reply` accepts."""
+
+
+_REPLY_INTS = ("params", "flops_fvcore", "flops_hook_2022", "flops_audit", "activations", "num_conv",
+               "float_buffer_elements")
+
+
+def complexity_from_reply(reply: dict, params_before_forward: int | None,
+                          input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE) -> Complexity:
+    """A :class:`Complexity` from the figures a sandbox process reported (untrusted data: every
+    count must be a non-negative int, the zero-counted ops a list of [op, calls, category])."""
+    bad = [key for key in _REPLY_INTS if type(reply.get(key)) is not int or reply[key] < 0]
+    ops = reply.get("zero_counted_ops")
+    if bad or not isinstance(ops, list) or not all(isinstance(op, list) and len(op) == 3 for op in ops):
+        raise MalformedCounts(f"malformed complexity figures ({', '.join(bad) or 'zero_counted_ops'})")
+    return Complexity(
+        input_shape=tuple(input_shape), params=reply["params"],
+        params_before_forward=reply["params"] if params_before_forward is None else params_before_forward,
+        flops_fvcore=reply["flops_fvcore"], flops_hook_2022=reply["flops_hook_2022"], flops_audit=reply["flops_audit"],
+        activations=reply["activations"], num_conv=reply["num_conv"],
+        zero_counted_ops=tuple(ZeroCountedOp(str(op), int(calls), str(category)) for op, calls, category in ops),
+        float_buffer_elements=reply["float_buffer_elements"])
 
 
 def count_float_buffers(model: nn.Module) -> int:

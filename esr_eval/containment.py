@@ -1,7 +1,11 @@
-"""Containment of one submission's run inside the process that runs it (no root needed).
+"""Containment of one submission's run (no root needed).
 
 Contract
 --------
+The submission's code runs in its sandbox process (:mod:`esr_eval.sandbox_child`), which lowers
+its own ``RLIMIT_DATA`` and restricts itself with Landlock before importing it; the evaluator
+wraps the sandbox's whole life in :func:`contained(None) <contained>` for the subreaper and
+records the sandbox's memory limit and signal isolation in the :class:`Containment`.
 :func:`contained` is a context manager around everything a submission's code does:
 * **Memory limit.** The soft ``RLIMIT_DATA`` of the process (its private writable memory: heap
   and anonymous maps, where tensors live, the evaluator's own decoded images included; address
@@ -13,9 +17,9 @@ Contract
   descendants; on exit every descendant that did not exist on entry is killed (SIGKILL) and
   reaped (processes the host process already had, such as a local Ray instance, are left alone).
 * The :class:`Containment` record says which protections were active, the limit, and what was
-  killed, so every result row can state it. Signals: a process of the same user can still signal
-  the evaluator's or Ray's processes; no unprivileged protection exists for that, and the record
-  says ``signals_isolated=False``.
+  killed, so every result row can state it. Signals: only Landlock's signal scope (Linux ≥ 6.12)
+  keeps a process of the same user from signalling the evaluator's or Ray's processes; where it
+  was not active the record says ``signals_isolated=False``.
 Linux only for the subreaper; elsewhere that protection is reported as inactive.
 """
 
@@ -46,7 +50,8 @@ class Containment:
     def describe(self) -> str:
         active = [f"memory<={self.memory_limit_mb}MiB (RLIMIT_DATA)"] if self.memory_limited else []
         active += ["subreaper: spawned processes killed at the end"] if self.subreaper else []
-        active += [] if self.signals_isolated else ["signals not isolated (same user)"]
+        active += ["signals to outside processes refused"] if self.signals_isolated else \
+            ["signals not isolated (same user)"]
         return "; ".join(active)
 
 

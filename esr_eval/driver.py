@@ -44,6 +44,7 @@ import ray
 from ray.exceptions import RayActorError
 from tqdm import tqdm
 
+from esr_eval.attribution import NodeLosses
 from esr_eval.evaluate import EvaluationConfig, evaluate_submission, manifest_failure, manifest_fields
 from esr_eval.manifest import Submission, SubmissionError
 from esr_eval.nodes import GpuWaitError, alive_nodes, gpu_count, gpu_models, node_alive, probe_node
@@ -166,6 +167,7 @@ class _Driver:
         self.slots, self.actor_class = slots, actor_class
         self.queue = [(s, 1) for s in lpt_order(subs, lambda s: s.submission_id, options.expected_s)]
         self.jobs: list[_Job] = []
+        self.losses = NodeLosses()
         self.statuses: dict[str, str] = {}
         self.attempts: dict[str, int] = {}
         self.written: list[str] = []
@@ -297,8 +299,15 @@ class _Driver:
                                       f"{self.options.node_grace_s:.0f} s (attempt {job.attempt}): {_brief(job.error)}")
 
     def _retry(self, job: _Job) -> None:
-        """The actor went down with its node: run the submission again elsewhere, within max_attempts."""
-        if job.attempt < self.options.max_attempts:
+        """The actor went down with its node: run the submission again elsewhere, within max_attempts
+        of losses charged to it; a submission alone in common to two node losses is their cause."""
+        sid = job.sub.submission_id
+        self.losses.record(job.node_id, sid, {j.sub.submission_id for j in self.jobs if j.node_id == job.node_id})
+        if self.losses.culprit(sid):
+            self.fail(job, "crashed", f"{self.losses.describe(sid)} (attempt {job.attempt}). Fix: the model must not "
+                                      f"take its node down (host memory, processes, the node's services); "
+                                      f"{_brief(job.error)}")
+        elif self.losses.charged(sid) < self.options.max_attempts:
             self._drop(job)
             self.queue.insert(0, (job.sub, job.attempt + 1))
         else:

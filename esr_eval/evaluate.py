@@ -4,15 +4,28 @@ Contract
 --------
 :func:`evaluate_submission` never raises for a fault of the submission: it returns an
 :class:`EvaluationResult` whose ``submission`` row has ``status="error"``, the stage, the
-message and the traceback. Order: load → for each split (decode every image once, reset the
-peak-memory counter, warm-up + timed calls under the timing protocol, quality of the timed
-outputs) → complexity (after inference, as the official code counts params) → hygiene.
-On CUDA: ``cudnn.benchmark`` off, TF32 flags recorded as found; on CPU the torch thread
-count is fixed to ``torch_threads`` when given and recorded either way. Everything runs inside
-:func:`esr_eval.containment.contained` (host-memory limit ``memory_limit_mb``; processes the
-submission spawns are killed at the end), and the row records what was active and what was
-killed. Complexity is checked against what actually runs: FLOPs per output pixel on the first
-real LR image vs the probe, and floating buffers vs params (``complexity_flags``).
+message and the traceback.
+
+Privilege separation: this process decodes the split (LR and HR), scores, counts and builds the
+rows; it never imports the submission's code. The submission runs in its own sandbox process
+(:mod:`esr_eval.sandbox`), which receives LR inputs and returns outputs, nothing else. Order:
+decode every split → start the sandbox → calibrate the path with a null model → load (the
+sandbox limits its memory and restricts itself with Landlock first) → for each split (reset the
+peak-memory counter, warm-up + timed calls under the timing protocol, each timed by the sandbox
+and by this process, :func:`esr_eval.timing.external_check`; quality of the timed outputs here)
+→ complexity (the official counts as the sandbox reports them, checked here against a trace of
+the model on the first real LR image: :mod:`esr_eval.recount`) → hygiene (here, calling the
+sandbox). On CUDA: ``cudnn.benchmark`` off; on CPU the torch thread count is fixed to
+``torch_threads`` when given and recorded either way. Everything runs inside
+:func:`esr_eval.containment.contained` (processes the submission spawns are killed at the end);
+the row records which protections were active and what was killed.
+
+Flags with evidence: ``timing_tampered`` (split rows: the sandbox's clock disagrees with ours;
+the external bound stands as the latency), and in ``complexity_flags``: ``trace_unverified``
+(the traced graph does not reproduce the scored outputs), ``flops_input_dependent`` (audit FLOPs
+per output pixel on the probe, as the sandbox counted them, differ from ours on a real input),
+``params_in_buffers`` (the graph holds floating tensors beyond ``params``),
+``params_not_in_checkpoint`` (the graph holds more floating elements than the checkpoint).
 """
 
 from __future__ import annotations
@@ -26,20 +39,21 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from esr_eval.adapter import ForwardAdapter
-from esr_eval.complexity import buffer_flag, input_dependence_flag, measure_complexity, per_pixel_audit
+from esr_eval.complexity import BUFFER_SHARE, buffer_flag, complexity_from_reply, input_dependence_flag
 from esr_eval.containment import contained
 from esr_eval.data import Split, embedded_split, load_pair
 from esr_eval.hygiene import check_hygiene
-from esr_eval.loading import load_submission
-from esr_eval.manifest import Submission, SubmissionError
+from esr_eval.manifest import Submission, SubmissionError, printable
 from esr_eval.provenance import device_facts, facts_dict
-from esr_eval.quality import NonFiniteOutputError, score, to_uint8
+from esr_eval.quality import score
+from esr_eval.recount import check_trace, checkpoint_float_elements
 from esr_eval.records import EvaluationResult, SampleRow, SplitRow, SubmissionRow
+from esr_eval.sandbox import RemoteAdapter, RemoteError, Sandbox, SandboxError, restrict, to_input
 from esr_eval.settings import EvaluationConfig  # noqa: F401 (defined there, torch-free; imported from here too)
-from esr_eval.timing import summarize, time_split
+from esr_eval.timing import CallTiming, calibrate_overhead, external_check, summarize, time_split
 
 HYGIENE_IMAGES = 3
+MESSAGE_CHARS = 2000
 DECODE_THREADS = 8
 _MIB = 2 ** 20
 
@@ -63,11 +77,19 @@ def _mean(values: list[float | None]) -> float | None:
     return None if any(v is None for v in values) else float(np.mean(values))
 
 
+def _checked_output(sr, expected_hw: tuple[int, int], where: str) -> np.ndarray:
+    if not isinstance(sr, np.ndarray) or sr.dtype != np.uint8 or sr.ndim != 3 or sr.shape[2] != 3:
+        raise SandboxError(f"{where}: the submission's process returned something other than an H×W×3 uint8 image")
+    return sr
+
+
 def _score_split(run_id: str, sub: Submission, split: Split, timed, hr_images, lr_shapes, config: EvaluationConfig,
-                 peaks: tuple[float | None, float | None]) -> tuple[SplitRow, list[SampleRow]]:
+                 peaks: tuple[float | None, float | None], check, overhead_ms: np.ndarray) -> tuple[SplitRow, list[SampleRow]]:
     samples, per_image = [], []
+    latency = check.bound_ms if check.tampered else timed.latency_ms
     for index, pair in enumerate(split.pairs):
         sr, hr = timed.outputs[index], hr_images[index]
+        _checked_output(sr, hr.shape[:2], f"{split.name}/{pair.name}")
         if sr.shape != hr.shape:
             raise EvaluationError("quality", f"{split.name}/{pair.name}: output {sr.shape[1]}x{sr.shape[0]} is not "
                                              f"{sub.scale}x the input (expected {hr.shape[1]}x{hr.shape[0]}). "
@@ -79,13 +101,14 @@ def _score_split(run_id: str, sub: Submission, split: Split, timed, hr_images, l
             first = repeat == 0
             samples.append(SampleRow(
                 run_id=run_id, submission_id=sub.submission_id, split=split.name, image=pair.name,
-                repeat=repeat, latency_ms=float(timed.latency_ms[repeat, index]),
+                repeat=repeat, latency_ms=float(latency[repeat, index]),
                 wall_ms=float(timed.wall_ms[repeat, index]),
                 lr_height=lr_shapes[index][0], lr_width=lr_shapes[index][1],
+                external_ms=float(timed.external_ms[repeat, index]), overhead_ms=float(overhead_ms[index]),
                 psnr_db=quality.psnr_db if first else None, ssim=quality.ssim if first else None,
                 psnr_y_db=quality.psnr_y_db if first else None, ssim_y=quality.ssim_y if first else None))
     protocol = config.protocol
-    runtime = summarize(timed, protocol)
+    runtime = summarize(timed, protocol, latency)
     row = SplitRow(
         run_id=run_id, submission_id=sub.submission_id, split=split.name, num_images=len(split.pairs),
         dataset_sha256=split.sha256,
@@ -96,68 +119,107 @@ def _score_split(run_id: str, sub: Submission, split: Split, timed, hr_images, l
         runtime_ms=runtime.runtime_ms, runtime_mean_ms=runtime.mean_ms, runtime_median_ms=runtime.median_ms,
         runtime_p90_ms=runtime.p90_ms, runtime_n=runtime.n, wall_mean_ms=runtime.wall_mean_ms,
         warmup_calls=timed.warmup_calls, repeats=protocol.repeats,
-        peak_mem_mb=peaks[0], peak_mem_official_mb=peaks[1])
+        peak_mem_mb=peaks[0], peak_mem_official_mb=peaks[1],
+        runtime_sandbox_ms=summarize(timed, protocol).runtime_ms,
+        runtime_external_ms=summarize(timed, protocol, check.bound_ms).runtime_ms,
+        external_overhead_ms=float(np.mean(overhead_ms)), timing_tampered=check.tampered,
+        timing_detail=check.detail() if check.tampered else None)
     return row, samples
-
-
-def _to_uint8_checked(adapter: ForwardAdapter):
-    def convert(sr: torch.Tensor) -> np.ndarray:
-        try:
-            return to_uint8(sr, adapter.data_range, reject_inf=True)
-        except NonFiniteOutputError as exc:
-            raise EvaluationError("inference", "the output contains NaN or Inf. Fix: check the declared "
-                                               "data_range and the weights; the network is unstable on this input"
-                                  ) from exc
-    return convert
 
 
 def _decode_all(split: Split) -> list[tuple[np.ndarray, np.ndarray]]:
     """Every (LR, HR) pair of the split, decoded once, in parallel threads (the PNG decoder
-    releases the GIL); done before any timed call, so it cannot disturb the timing."""
+    releases the GIL); done before the sandbox starts, in this process only."""
     workers = max(1, min(DECODE_THREADS, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(lambda pair: load_pair(pair, split.scale), split.pairs))
 
 
-def _run_splits(run_id, sub, adapter, splits, config, device, split_rows: list, sample_rows: list) -> None:
-    """Measure each split, appending rows as each completes (kept if a later split fails)."""
-    official_peak = torch.cuda.max_memory_allocated(device) / _MIB if device.type == "cuda" else None
-    for split in splits:
-        decoded = _decode_all(split)
-        inputs = [adapter.to_input(lr, "cpu") for lr, _ in decoded]
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        timed = time_split(adapter, inputs, config.protocol, device, keep_output=_to_uint8_checked(adapter))
+def _calls(sandbox: Sandbox, sub: Submission):
+    """(model call, null call) for :func:`esr_eval.timing.time_split`, both on the same path."""
+    def model(x: np.ndarray) -> CallTiming:
+        return sandbox.forward(x, data_range=sub.data_range)[0]
+
+    def null(x: np.ndarray) -> CallTiming:
+        return sandbox.forward(x, data_range=sub.data_range, null_scale=sub.scale)[0]
+    return model, null
+
+
+def _calibrate(sandbox: Sandbox, sub: Submission, decoded_splits) -> list[np.ndarray]:
+    """The path's overhead per image of each split, measured before any submission code is loaded."""
+    _, null = _calls(sandbox, sub)
+    overheads = []
+    for decoded in decoded_splits:
+        inputs = [to_input(lr, sub.data_range) for lr, _ in decoded]
+        overheads.append(calibrate_overhead(null, inputs, [lr.shape[0] * lr.shape[1] for lr, _ in decoded]))
+    return overheads
+
+
+def _peak(sandbox: Sandbox) -> float | None:
+    value = sandbox.request("peak").get("peak_mb")
+    return float(value) if type(value) in (int, float) else None
+
+
+def _run_splits(run_id, sub, sandbox, splits, decoded_splits, overheads, config, device,
+                split_rows: list, sample_rows: list) -> np.ndarray:
+    """Measure each split, appending rows as each completes (kept if a later split fails); returns
+    the scored output of the first image of the first split."""
+    model, _ = _calls(sandbox, sub)
+    official_peak = _peak(sandbox) if device.type == "cuda" else None
+    first = None
+    for split, decoded, overhead in zip(splits, decoded_splits, overheads):
+        inputs = [to_input(lr, sub.data_range) for lr, _ in decoded]
+        sandbox.request("reset_peak")
+        timed = time_split(model, inputs, config.protocol)
         peaks = (None, None)
         if device.type == "cuda":
-            split_peak = torch.cuda.max_memory_allocated(device) / _MIB
-            official_peak = max(official_peak, split_peak)
+            split_peak = _peak(sandbox)
+            official_peak = max(official_peak or 0.0, split_peak or 0.0)
             peaks = (split_peak, official_peak)
         row, samples = _score_split(run_id, sub, split, timed, [hr for _, hr in decoded],
-                                    [lr.shape[:2] for lr, _ in decoded], config, peaks)
+                                    [lr.shape[:2] for lr, _ in decoded], config, peaks,
+                                    external_check(timed, overhead), overhead)
         split_rows.append(row)
         sample_rows.extend(samples)
+        first = timed.outputs[0] if first is None else first
+    return first
 
 
-def _complexity_fields(adapter: ForwardAdapter, sub, config, device, params_before, real_lr: np.ndarray) -> dict:
-    """The official counts on the probe, checked against what actually runs: FLOPs per output
-    pixel on a real evaluation input (the first LR image of the first split), and weights hidden
-    in buffers."""
-    model = adapter.model
-    c = measure_complexity(model, config.complexity_input_shape, sub.data_range, device)
-    probe = torch.rand(config.complexity_input_shape, generator=torch.Generator().manual_seed(0)) * sub.data_range
-    probe_px = per_pixel_audit(adapter, probe.to(device), sub.scale)
-    real_px = per_pixel_audit(adapter, adapter.to_input(real_lr, device), sub.scale)
-    flags = [name for name, hit in (("flops_input_dependent", input_dependence_flag(probe_px, real_px)),
-                                    ("params_in_buffers", buffer_flag(c.params, c.float_buffer_elements))) if hit]
+def _complexity_fields(sandbox: Sandbox, sub, config, device, real_lr: np.ndarray, real_sr: np.ndarray) -> dict:
+    """The official counts as the sandbox reports them on the probe, checked here against a trace
+    of the model on a real evaluation input (the first LR image of the first split, whose scored
+    output is ``real_sr``) and against the checkpoint."""
+    reply = sandbox.request("complexity", shape=list(config.complexity_input_shape), data_range=sub.data_range)
+    c = complexity_from_reply(reply, None, config.complexity_input_shape)
+    probe_px = reply.get("flops_audit_per_px_probe")
+    if type(probe_px) not in (int, float):
+        raise SandboxError("the submission's process sent a malformed flops_audit_per_px_probe")
+    real = to_input(real_lr, sub.data_range)
+    sandbox.request("trace", [real])
+    archive = sandbox.last_arrays[0].tobytes() if sandbox.last_arrays else b""
+    fresh = np.ascontiguousarray(real[..., ::-1])
+    fresh_sr = _checked_output(sandbox.forward(fresh, data_range=sub.data_range)[0].output, real_sr.shape[:2],
+                               "the fresh input")
+    trace = check_trace(archive, real, real_sr, fresh, fresh_sr, sub.data_range, sub.scale, device)
+    in_checkpoint = checkpoint_float_elements(sub)
+    hidden = None if trace.float_elements is None else max(trace.float_elements - c.params, 0)
+    found = {
+        "trace_unverified": not trace.verified,
+        "flops_input_dependent": trace.flops_per_px is not None and input_dependence_flag(probe_px, trace.flops_per_px),
+        "params_in_buffers": buffer_flag(c.params, max(c.float_buffer_elements, hidden or 0)),
+        "params_not_in_checkpoint": in_checkpoint is not None and trace.float_elements is not None
+        and trace.float_elements > (1 + BUFFER_SHARE) * in_checkpoint,
+    }
     return dict(
         complexity_input_shape="x".join(map(str, c.input_shape)), params=c.params,
-        params_before_forward=params_before, flops_fvcore=c.flops_fvcore, flops_hook_2022=c.flops_hook_2022,
+        flops_fvcore=c.flops_fvcore, flops_hook_2022=c.flops_hook_2022,
         flops_audit=c.flops_audit, flops_audit_ratio=c.audit_ratio, flops_audit_flag=c.audit_flag,
         flops_zero_counted_ops=json.dumps([[op.op, op.calls, op.category] for op in c.zero_counted_ops]),
         activations=c.activations, num_conv=c.num_conv, float_buffer_elements=c.float_buffer_elements,
-        flops_audit_per_px_probe=probe_px, flops_audit_per_px_real=real_px,
-        complexity_flags=",".join(flags) or None)
+        flops_audit_per_px_probe=float(probe_px), flops_audit_per_px_real=trace.flops_per_px,
+        params_clean=trace.float_elements, checkpoint_float_elements=in_checkpoint,
+        trace_verified=trace.verified, trace_detail=trace.detail or None,
+        complexity_flags=",".join(name for name, hit in found.items() if hit) or None)
 
 
 def _hygiene_fields(adapter, device) -> dict:
@@ -182,18 +244,32 @@ _STAGE_FIXES = {
 
 def _describe_failure(submission_id: str, stage: str, exc: BaseException,
                       memory_limit_mb: int | None = None) -> tuple[str, str]:
-    """(stage, message) for an exception raised while evaluating a submission."""
+    """(stage, message) for an exception raised while evaluating a submission; what the sandbox
+    reported is quoted escaped and clipped (it is the submission's text)."""
     if isinstance(exc, SubmissionError):
         return exc.stage, str(exc)
     if isinstance(exc, EvaluationError):
         return exc.stage, f"[{submission_id}] {exc}"
-    if memory_limit_mb is not None and (isinstance(exc, MemoryError) or "can't allocate memory" in str(exc)):
-        return stage, (f"[{submission_id}] {stage} ran past the memory limit of {memory_limit_mb} MiB of host "
-                       f"memory ({type(exc).__name__}: {str(exc)[:200]}). Fix: reduce the model's memory use "
-                       "(adapter.tile), or the organiser raises --memory-limit-mb")
-    if isinstance(exc, torch.OutOfMemoryError):
-        return stage, (f"[{submission_id}] out of memory during {stage}: {exc}. Fix: declare an adapter tile "
-                       "(adapter.tile) or reduce the model's memory use")
+    if isinstance(exc, RemoteError):
+        said = printable(str(exc), MESSAGE_CHARS)
+        if exc.stage:
+            return exc.stage, said
+        if exc.type_name == "NonFiniteOutputError":
+            return stage, (f"[{submission_id}] the output contains NaN or Inf. Fix: check the declared data_range and "
+                           "the weights; the network is unstable on this input")
+        if exc.memory and memory_limit_mb is not None and exc.type_name != "OutOfMemoryError":
+            return stage, (f"[{submission_id}] {stage} ran past the memory limit of {memory_limit_mb} MiB of host "
+                           f"memory ({exc.type_name}: {said[:200]}). Fix: reduce the model's memory use "
+                           "(adapter.tile), or the organiser raises --memory-limit-mb")
+        if exc.type_name == "OutOfMemoryError":
+            return stage, (f"[{submission_id}] out of memory during {stage}: {said}. Fix: declare an adapter tile "
+                           "(adapter.tile) or reduce the model's memory use")
+        return stage, (f"[{submission_id}] {stage} raised {printable(exc.type_name, 100)}: {said}. Fix: "
+                       f"{_STAGE_FIXES[stage]} (the traceback column shows where; `esr-eval check {submission_id}` "
+                       "reproduces it)")
+    if isinstance(exc, SandboxError):
+        return stage, (f"[{submission_id}] {stage}: {printable(str(exc), MESSAGE_CHARS)}. Fix: {_STAGE_FIXES[stage]}; "
+                       "a model must not end, signal or write to the evaluator's process")
     return stage, (f"[{submission_id}] {stage} raised {type(exc).__name__}: {exc}. Fix: {_STAGE_FIXES[stage]} "
                    f"(the traceback column shows where; `esr-eval check {submission_id}` reproduces it)")
 
@@ -204,13 +280,12 @@ def _prepare_device(config: EvaluationConfig) -> torch.device:
         raise RuntimeError("device cuda was asked for but torch sees no CUDA device")
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
-    torch.backends.cudnn.benchmark = False
     return device
 
 
 def evaluate_submission(sub: Submission, splits: list[Split], config: EvaluationConfig, run_id: str) -> EvaluationResult:
-    """Measure one submission on every split, contained (memory limit, nothing it spawns survives);
-    failures become an error row."""
+    """Measure one submission on every split, its code in a sandbox process (memory limit, Landlock,
+    nothing it spawns survives); failures become an error row."""
     device = _prepare_device(config)
     started = time.time()
     facts = facts_dict(device_facts(device))
@@ -218,14 +293,14 @@ def evaluate_submission(sub: Submission, splits: list[Split], config: Evaluation
                 runtime_statistic=config.protocol.headline, started_at_unix_s=started, **facts)
     fields, split_rows, sample_rows = {}, [], []
     failure = None
-    with contained(config.memory_limit_mb) as box:
+    with contained(None) as box:
         try:
             _measure(sub, splits, config, run_id, device, fields, split_rows, sample_rows)
         except _StageFailure as exc:
             failure = exc
-        finally:
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+    box.memory_limit_mb = config.memory_limit_mb
+    box.memory_limited = bool(fields.pop("memory_limited", False))
+    box.signals_isolated = bool(fields.pop("landlock_signals", False))
     fields.update(memory_limit_mb=config.memory_limit_mb, containment=box.describe(),
                   leftover_processes_killed=box.leftover_processes_killed,
                   leftover_processes=("; ".join(box.leftover_commands)[:1000] or None))
@@ -246,28 +321,43 @@ class _StageFailure(Exception):
         super().__init__(stage)
 
 
+def _load(sandbox: Sandbox, sub: Submission, config: EvaluationConfig, fields: dict) -> None:
+    restricted = restrict(sandbox, sub, config.memory_limit_mb, config.landlock)
+    fields.update(sandbox=printable(str(restricted.get("landlock")), 300),
+                  memory_limited=restricted.get("memory_limited"), landlock_signals=restricted.get("landlock_signals"))
+    reply = sandbox.request("load")
+    keys = reply.get("missing_keys"), reply.get("unexpected_keys")
+    fields.update(checkpoint_sha256=reply.get("checkpoint_sha256"),
+                  missing_keys=",".join(map(str, keys[0] or [])) or None,
+                  unexpected_keys=",".join(map(str, keys[1] or [])) or None,
+                  cuda_calls_redirected=reply.get("cuda_calls_redirected"),
+                  params_before_forward=reply.get("params_before_forward"))
+
+
 def _measure(sub, splits, config, run_id, device, fields: dict, split_rows: list, sample_rows: list) -> None:
-    """Load, time and score every split, count complexity, run hygiene; fills the lists and fields
-    as it goes (kept when a later stage fails) and raises :class:`_StageFailure` for any fault."""
+    """Decode, start the sandbox, load, time and score every split, count complexity, run
+    hygiene; fills the lists and fields as it goes (kept when a later stage fails) and raises
+    :class:`_StageFailure` for any fault."""
     stage = "load"
+    sandbox = None
     try:
-        loaded = load_submission(sub, device)
-        fields.update(checkpoint_sha256=loaded.info.checkpoint_sha256,
-                      missing_keys=",".join(loaded.info.missing_keys) or None,
-                      unexpected_keys=",".join(loaded.info.unexpected_keys) or None,
-                      cuda_calls_redirected=loaded.info.cuda_calls_redirected)
-        params_before = sum(p.numel() for p in loaded.model.parameters())
-        adapter = ForwardAdapter(loaded.model, sub.adapter, sub.scale, sub.data_range)
+        decoded_splits = [_decode_all(split) for split in splits]
+        sandbox = Sandbox(config.device, config.torch_threads)
+        overheads = _calibrate(sandbox, sub, decoded_splits)
+        _load(sandbox, sub, config, fields)
         stage = "inference"
-        _run_splits(run_id, sub, adapter, splits, config, device, split_rows, sample_rows)
+        first_sr = _run_splits(run_id, sub, sandbox, splits, decoded_splits, overheads, config, device,
+                               split_rows, sample_rows)
         stage = "complexity"
-        real_lr = load_pair(splits[0].pairs[0], splits[0].scale)[0]
-        fields.update(_complexity_fields(adapter, sub, config, device, params_before, real_lr))
+        fields.update(_complexity_fields(sandbox, sub, config, device, decoded_splits[0][0][0], first_sr))
         if config.hygiene:
             stage = "hygiene"
-            fields.update(_hygiene_fields(adapter, device))
+            fields.update(_hygiene_fields(RemoteAdapter(sandbox, sub.scale, sub.data_range), device))
     except (Exception, SystemExit) as exc:  # a submission's fault is a row, never a crash
         raise _StageFailure(stage, traceback.format_exc()) from exc
+    finally:
+        if sandbox is not None:
+            sandbox.close()
 
 
 def manifest_failure(error: SubmissionError, run_id: str) -> EvaluationResult:

@@ -200,7 +200,7 @@ def check_hygiene(adapter: ForwardAdapter, pairs: list[tuple[np.ndarray, np.ndar
             details.append(_timing_detail(*timings))
 
         own = _mean_psnr(adapter, pairs, device, adapter.scale)
-        other = ForwardAdapter(adapter.model, adapter.spec, adapter.scale, 255.0 if adapter.data_range == 1.0 else 1.0)
+        other = adapter.with_data_range(255.0 if adapter.data_range == 1.0 else 1.0)
         try:
             other_psnr = _mean_psnr(other, pairs, device, adapter.scale)
         except (ValueError, RuntimeError):  # e.g. NaN under a range the model was not built for

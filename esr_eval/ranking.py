@@ -95,6 +95,7 @@ ROLE_ORDER = {"baseline": 0, "reference": 1, "entry": 2}
 # not record it in submissions.runtime_statistic.
 RUNTIME_STATISTIC_BY_TIMING_PROTOCOL = {
     "esr-default-v1": "mean_of_image_medians",
+    "esr-default-v2": "mean_of_image_medians",
     "official-v1": "mean",
 }
 

@@ -86,6 +86,10 @@ class SubmissionRow:
     float_buffer_elements: int | None = None
     flops_audit_per_px_probe: float | None = None
     flops_audit_per_px_real: float | None = None
+    params_clean: int | None = None
+    checkpoint_float_elements: int | None = None
+    trace_verified: bool | None = None
+    trace_detail: str | None = None
     complexity_flags: str | None = None
     hygiene_input_mutated: bool | None = None
     hygiene_repeat_max_abs_diff: float | None = None
@@ -108,6 +112,7 @@ class SubmissionRow:
     tf32_matmul: bool | None = None
     tf32_cudnn: bool | None = None
     memory_limit_mb: int | None = None
+    sandbox: str | None = None
     containment: str | None = None
     leftover_processes_killed: int | None = None
     leftover_processes: str | None = None
@@ -138,6 +143,11 @@ class SplitRow:
     repeats: int
     peak_mem_mb: float | None = None
     peak_mem_official_mb: float | None = None
+    runtime_sandbox_ms: float | None = None
+    runtime_external_ms: float | None = None
+    external_overhead_ms: float | None = None
+    timing_tampered: bool | None = None
+    timing_detail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +163,8 @@ class SampleRow:
     wall_ms: float
     lr_height: int
     lr_width: int
+    external_ms: float | None = None
+    overhead_ms: float | None = None
     psnr_db: float | None = None
     ssim: float | None = None
     psnr_y_db: float | None = None

@@ -200,12 +200,28 @@ def _value(row: pd.Series, column: str) -> Any:
     return row[column] if column in row and pd.notna(row[column]) else None
 
 
-def _flags_table(submissions: pd.DataFrame) -> _Table:
-    """Submissions an organiser should look at: hygiene findings, FLOP-audit and counter flags, declared exceptions."""
+def _tampered_timing(splits: pd.DataFrame | None) -> dict[str, list[str]]:
+    """submission_id → what the external clock found, per split whose timing it overruled."""
+    if splits is None or "timing_tampered" not in splits:
+        return {}
+    found: dict[str, list[str]] = {}
+    for _, row in splits[splits["timing_tampered"].fillna(False).astype(bool)].iterrows():
+        found.setdefault(str(row["submission_id"]), []).append(
+            f"timing tampered on {row['split']}: the submission's process reported {row['runtime_sandbox_ms']:.3f} ms, "
+            f"the evaluator's clock bounds it at {row['runtime_external_ms']:.3f} ms (that figure stands); "
+            f"{row['timing_detail']}")
+    return found
+
+
+def _flags_table(submissions: pd.DataFrame, splits: pd.DataFrame | None = None) -> _Table:
+    """Submissions an organiser should look at: hygiene findings, timing overruled by the external
+    clock, FLOP-audit and counter flags, declared exceptions."""
     rows = []
+    timing = _tampered_timing(splits)
     for _, sub in submissions.sort_values("submission_id").iterrows():
         get = functools.partial(_value, sub)
         findings = [flag for flag in (get("hygiene_flags") or "").split(",") if flag]
+        findings += timing.get(str(sub["submission_id"]), [])
         if get("flops_audit_flag"):
             findings.append(f"FLOP audit: independent count / fvcore = {get('flops_audit_ratio') or float('nan'):.3f}")
         flags = set((get("complexity_flags") or "").split(","))
@@ -214,8 +230,14 @@ def _flags_table(submissions: pd.DataFrame) -> _Table:
                             f"probe vs {get('flops_audit_per_px_real') or 0:,.0f} on a real image "
                             "(computes differently for the probe)")
         if "params_in_buffers" in flags:
-            findings.append(f"{get('float_buffer_elements') or 0:,} floating-point buffer elements beside "
+            findings.append(f"{get('float_buffer_elements') or 0:,} floating-point buffer elements and "
+                            f"{get('params_clean') or 0:,} floating elements in the traced graph beside "
                             f"{get('params') or 0:,} params (weights kept out of the parameter count)")
+        if "params_not_in_checkpoint" in flags:
+            findings.append(f"the traced graph holds {get('params_clean') or 0:,} floating elements, the checkpoint "
+                            f"{get('checkpoint_float_elements') or 0:,} (weights that do not come from the checkpoint)")
+        if "trace_unverified" in flags:
+            findings.append(f"complexity unverified: {get('trace_detail') or 'the traced graph could not be checked'}")
         if get("strict") is False:
             findings.append("loaded with strict=False (declared)")
         if get("trusted_pickle"):
@@ -421,7 +443,7 @@ def _rules_note(rankings: pd.DataFrame, protocol: RankingProtocol) -> str:
 
 def _sections(
     rankings: pd.DataFrame, run_info: dict, protocol: RankingProtocol, plots: dict[str, Path],
-    submissions: pd.DataFrame,
+    submissions: pd.DataFrame, splits: pd.DataFrame | None = None,
 ) -> list[_Section]:
     level = f"{protocol.confidence.level:.0%}"
     sections = [
@@ -440,10 +462,11 @@ def _sections(
         sections.append(_Section(track.title, note, table, plots[f"scores_{track.name}"]))
     sections.append(_Section("Not ranked", "Every submission of the run appears above; these are not ranked, and why.",
                              _excluded_table(rankings)))
-    flags = _flags_table(submissions)
+    flags = _flags_table(submissions, splits)
     sections.append(_Section(
         "Flags for the organiser",
-        "Hygiene findings, FLOP-audit flags and declared loading exceptions; they do not change the ranking."
+        "Hygiene findings, timing overruled by the evaluator's clock (its figure is the one ranked), complexity "
+        "that does not match what runs, and declared loading exceptions; the other flags do not change the ranking."
         if flags.rows else "No hygiene finding, FLOP-audit flag or declared loading exception.",
         flags if flags.rows else None))
     sections.append(_Section("Provenance", "", _provenance_table(dict(run_info), protocol, rankings)))
@@ -524,7 +547,7 @@ def write_report(
     title = f"{protocol.name} results — run {run_id}"
     integrity = tables.integrity
     run_info = {**tables.run_info, "integrity": integrity.summary()} if integrity is not None else tables.run_info
-    sections = _sections(rankings, run_info, protocol, plots, tables.submissions)
+    sections = _sections(rankings, run_info, protocol, plots, tables.submissions, tables.splits)
     paths = ReportPaths(out_dir / "report.html", out_dir / "report.md", tuple(plots.values()))
     page, markdown = _render_html(title, sections), _render_markdown(title, sections)
     banner = integrity.banner() if integrity is not None else None

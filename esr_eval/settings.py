@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_INPUT_SHAPE = (1, 3, 256, 256)  # the official complexity input, 1×3×256×256
+DEFAULT_MEMORY_LIMIT_MB = 16384  # host memory a submission's process may use (RLIMIT_DATA)
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class TimingProtocol:
     repeats: int
     headline: str  # "mean" (official) or "mean_of_image_medians"
     description: str
+    shuffled: bool = False  # each pass in a fresh random order (else file order)
 
     @property
     def protocol_id(self) -> str:
@@ -36,8 +38,9 @@ OFFICIAL = TimingProtocol(
     "official", 1, warmup_passes=0, repeats=1, headline="mean",
     description="as the organisers' script: no warm-up, one timed call per image, mean, cold first image included")
 DEFAULT = TimingProtocol(
-    "esr-default", 1, warmup_passes=1, repeats=5, headline="mean_of_image_medians",
-    description="one untimed pass over the split, then 5 timed passes; split runtime = mean of per-image medians")
+    "esr-default", 2, warmup_passes=1, repeats=5, headline="mean_of_image_medians",
+    description="one untimed pass over the split, then 5 timed passes, each pass in a fresh random order; "
+                "split runtime = mean of per-image medians", shuffled=True)
 PROTOCOLS = {p.protocol_id: p for p in (OFFICIAL, DEFAULT)}
 PROTOCOLS.update({p.name: p for p in (OFFICIAL, DEFAULT)})
 
@@ -54,7 +57,8 @@ def get_protocol(name: str, repeats: int | None = None, warmup_passes: int | Non
     if repeats < 1 or warmup < 0:
         raise ValueError("repeats must be >= 1 and warm-up passes >= 0")
     return TimingProtocol(f"{base.name}-w{warmup}r{repeats}", base.version, warmup, repeats, base.headline,
-                          f"{base.description} (overridden: {warmup} warm-up passes, {repeats} repeats)")
+                          f"{base.description} (overridden: {warmup} warm-up passes, {repeats} repeats)",
+                          base.shuffled)
 
 
 @dataclass(frozen=True)
@@ -65,4 +69,5 @@ class EvaluationConfig:
     complexity_input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE
     hygiene: bool = True
     ssim: bool = False
-    memory_limit_mb: int | None = 16384  # host memory per submission (RLIMIT_DATA); None: no limit
+    memory_limit_mb: int | None = DEFAULT_MEMORY_LIMIT_MB  # host memory per submission (RLIMIT_DATA); None: no limit
+    landlock: bool = True  # the sandbox restricts itself with Landlock where the kernel has it

@@ -16,6 +16,8 @@ from esr_eval.nodes import apply_ray_env
 from esr_eval.run import RunFolder, new_run_id
 from esr_eval.timing import OFFICIAL
 
+from tests.conftest import logging_actor
+
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
 
@@ -42,22 +44,19 @@ def _run(factory, tmp_path, run_id=None, config=CONFIG, **options):
     return summary, pd.read_parquet(folder.path / "submissions").set_index("submission_id"), folder
 
 
-def _logging_model(log, sleep_s):
-    return {"prelude": "import os, time\n",
-            "forward_body": f"open({str(log)!r}, 'a').write(f'{{os.getpid()}} {{time.time()}}\\n'); "
-                            f"time.sleep({sleep_s}); return {UP}"}
+SLOW = {"prelude": "import time\n", "forward_body": f"time.sleep(0.25); return {UP}"}
 
 
 def test_one_actor_per_fake_gpu_all_busy_at_once(factory, tmp_path):
     log = tmp_path / "calls.log"
     for i in range(4):
-        factory.make(f"team1{i}_S", team_id=f"1{i}", model_source=_logging_model(log, 0.25))
-    summary, subs, _ = _run(factory, tmp_path)
+        factory.make(f"team1{i}_S", team_id=f"1{i}", model_source=SLOW)
+    summary, subs, _ = _run(factory, tmp_path, actor_class=logging_actor(log))
     assert summary.scheduling == "gpu" and summary.slots == FAKE_GPUS
     assert (subs["status"] == "ok").all() and len(subs) == 4
     assert set(subs["device_kind"]) == {"cpu"}  # fake GPUs: torch sees no CUDA, and the row says so
     spans = {}
-    for pid, stamp in (line.split() for line in log.read_text().splitlines()):
+    for _, pid, stamp in (line.split() for line in log.read_text().splitlines()):
         lo, hi = spans.get(pid, (float(stamp), float(stamp)))
         spans[pid] = (min(lo, float(stamp)), max(hi, float(stamp)))
     assert len(spans) == 4  # a fresh process per submission
@@ -80,8 +79,8 @@ def test_faults_become_rows_and_others_finish(factory, tmp_path):
     assert subs.loc["team11_Raises", "status"] == "error"
     assert "ValueError: bad team" in subs.loc["team11_Raises", "error"]
     assert "Traceback" in subs.loc["team11_Raises", "traceback"]
-    assert subs.loc["team12_Exits", "status"] == "crashed"
-    assert "died" in subs.loc["team12_Exits", "error"]
+    assert subs.loc["team12_Exits", "status"] == "error"  # its sandbox died; the actor lived to say so
+    assert "exited with status 7" in subs.loc["team12_Exits", "error"]
     assert subs.loc["team13_Hangs", "status"] == "timeout"
     assert "killed" in subs.loc["team13_Hangs", "error"]
     assert len(pd.read_parquet(folder.path / "samples").query("submission_id == 'team10_Ok'")) == 5

@@ -13,12 +13,13 @@ import pandas as pd
 import pytest
 
 from esr_eval.data import embedded_split
-from esr_eval.driver import DriverOptions, HomogeneityError, run_distributed
+from esr_eval.driver import DriverOptions, HomogeneityError, SubmissionActor, run_distributed
 from esr_eval.nodes import apply_ray_env
 from esr_eval.evaluate import EvaluationConfig
 from esr_eval.manifest import discover_all
 from esr_eval.run import RunFolder, new_run_id
 from esr_eval.timing import OFFICIAL
+from tests.conftest import logging_actor
 
 ray = pytest.importorskip("ray")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
@@ -73,11 +74,7 @@ def test_mixed_gpu_models_are_refused_unless_allowed_or_pinned(cluster, factory,
 def test_node_lost_mid_submission_is_retried_on_another_node(cluster, factory, tmp_path):
     sim, nodes = cluster
     log = tmp_path / "nodes.log"
-    for i in range(3):
-        factory.make(f"team1{i}_Slow", team_id=f"1{i}", model_source={
-            "prelude": "import time, ray\n",
-            "forward_body": (f"open({str(log)!r}, 'a').write(ray.get_runtime_context().get_node_id() + '\\n'); "
-                             f"time.sleep(0.8); return {UP}")})
+    _slow_submissions(factory, count=3, sleep_s=0.8, prefix="team1")
     victim = {}
 
     def remove_a_busy_node():
@@ -93,7 +90,7 @@ def test_node_lost_mid_submission_is_retried_on_another_node(cluster, factory, t
 
     killer = threading.Thread(target=remove_a_busy_node)
     killer.start()
-    summary, subs = _run(factory, tmp_path, max_attempts=3)
+    summary, subs = _run(factory, tmp_path, max_attempts=3, actor_class=logging_actor(log))
     killer.join()
     assert victim, "no submission started"
     assert (subs["status"] == "ok").all(), subs[["status", "error"]].to_string()
@@ -102,12 +99,12 @@ def test_node_lost_mid_submission_is_retried_on_another_node(cluster, factory, t
     assert (retried["node_id"] != victim["node_id"]).all()
 
 
-def _logging_submissions(factory, log, count: int, sleep_s: float) -> None:
+def _slow_submissions(factory, count: int, sleep_s: float, prefix: str = "team2") -> None:
+    """Submissions that sleep in every forward; which node runs each is logged by the actor
+    (:func:`tests.conftest.logging_actor`), since the sandboxed model can neither write nor reach Ray."""
     for i in range(count):
-        factory.make(f"team2{i}_Slow", team_id=f"2{i}", model_source={
-            "prelude": "import os, time, ray\n",
-            "forward_body": (f"open({str(log)!r}, 'a').write(ray.get_runtime_context().get_node_id() + ' ' + "
-                             f"str(os.getpid()) + '\\n'); time.sleep({sleep_s}); return {UP}")})
+        factory.make(f"{prefix}{i}_Slow", team_id=f"{prefix[-1]}{i}", model_source={
+            "prelude": "import time\n", "forward_body": f"time.sleep({sleep_s}); return {UP}"})
 
 
 def _first_busy(log, nodes, deadline_s: float = 180):
@@ -115,7 +112,7 @@ def _first_busy(log, nodes, deadline_s: float = 180):
     while time.monotonic() < deadline:
         lines = log.read_text().split("\n") if log.exists() else []
         if lines and lines[0]:
-            node_id, pid = lines[0].split()
+            node_id, pid, _ = lines[0].split()
             return next(n for n in nodes if n.node_id == node_id), int(pid)
         time.sleep(0.05)
     return None, None
@@ -143,7 +140,7 @@ def test_node_whose_raylet_is_sigkilled_mid_submission_is_retried(cluster, facto
     fresh = [sim.add_node(**GPU_NODE) for _ in range(2)]
     sim.wait_for_nodes()
     log = tmp_path / "nodes.log"
-    _logging_submissions(factory, log, count=3, sleep_s=1.5)
+    _slow_submissions(factory, count=3, sleep_s=1.5)
     victim = {}
 
     def kill_a_busy_node():
@@ -159,7 +156,7 @@ def test_node_whose_raylet_is_sigkilled_mid_submission_is_retried(cluster, facto
     killer = threading.Thread(target=kill_a_busy_node)
     killer.start()
     try:
-        summary, subs = _run(factory, tmp_path, max_attempts=3)
+        summary, subs = _run(factory, tmp_path, max_attempts=3, actor_class=logging_actor(log))
     finally:
         killer.join()
         for node in fresh:  # the victim's leftover processes too; the cluster stays as the fixture made it
@@ -175,9 +172,17 @@ def test_node_whose_raylet_is_sigkilled_mid_submission_is_retried(cluster, facto
     assert victim["node_id"] not in set(subs["node_id"])  # nothing finished on the dying node
 
 
+class _DyingActor(SubmissionActor):
+    """The measuring process itself dies (a crash below Python, an OOM kill of the actor): no sandbox
+    can turn that into a row, so the driver must judge it."""
+
+    def evaluate(self, sub, splits, config, run_id):
+        os._exit(7)
+
+
 def test_an_actor_that_dies_on_a_healthy_node_is_crashed_not_retried(cluster, factory, tmp_path):
-    factory.make("team30_Exits", team_id="30", model_source={"prelude": "import os\n", "forward_body": "os._exit(7)"})
-    summary, subs = _run(factory, tmp_path, max_attempts=3)
+    factory.make("team30_Exits", team_id="30")
+    summary, subs = _run(factory, tmp_path, max_attempts=3, actor_class=_DyingActor)
     row = subs.loc["team30_Exits"]
     assert row["status"] == "crashed" and row["attempts"] == 1, row["error"]
     assert "its node is healthy" in row["error"]

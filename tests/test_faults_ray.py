@@ -29,9 +29,9 @@ FAKE_GPUS = 2
 TIMEOUT_S = 60.0
 CONFIG = EvaluationConfig(protocol=OFFICIAL, device="cpu", complexity_input_shape=(1, 3, 32, 32))
 PROCESS_FAULTS = [
-    # submission id, status, text in the error
-    ("team48_Hangs", "timeout", f"no result within {TIMEOUT_S:.0f} s; the actor was killed. Fix:"),
-    ("team49_HardCrash", "crashed", "the actor process died"),
+    # submission id, status, stage, text in the error
+    ("team48_Hangs", "timeout", "actor", f"no result within {TIMEOUT_S:.0f} s; the actor was killed. Fix:"),
+    ("team49_HardCrash", "error", "inference", "exited with status 3"),  # its sandbox died; the actor lived on
 ]
 
 
@@ -80,11 +80,11 @@ def test_fault_through_ray_same_row_as_in_process(ray_fault_run, sid, status, st
     assert_complete(tables, CONTROL, images=len(embedded_split().pairs))
 
 
-@pytest.mark.parametrize("sid, status, text", PROCESS_FAULTS, ids=[c[0] for c in PROCESS_FAULTS])
-def test_process_fault_through_ray(ray_fault_run, sid, status, text):
+@pytest.mark.parametrize("sid, status, stage, text", PROCESS_FAULTS, ids=[c[0] for c in PROCESS_FAULTS])
+def test_process_fault_through_ray(ray_fault_run, sid, status, stage, text):
     _, tables, _ = ray_fault_run
     row = tables["submissions"].set_index("submission_id").loc[sid]
-    assert row["status"] == status and row["error_stage"] == "actor"
+    assert row["status"] == status and row["error_stage"] == stage
     assert text in row["error"] and f"[{sid}]" in row["error"]
     assert tables["samples"].query("submission_id == @sid").empty
     assert_complete(tables, CONTROL, images=len(embedded_split().pairs))

@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from esr_eval import landlock
 from esr_eval.cli import main
 from esr_eval.data import embedded_split
 from esr_eval.protocols import load_protocol
@@ -203,12 +204,16 @@ def _copied_embedded_split(tmp_path: Path) -> tuple[Path, Path]:
     return hr, lr
 
 
-def _evaluate(factory, tmp_path: Path, hr: Path, lr: Path, *ids: str) -> tuple[int, Path]:
+def _evaluate(factory, tmp_path: Path, hr: Path, lr: Path, *ids: str, landlock: bool = True) -> tuple[int, Path]:
     results = tmp_path / "results"
     code = main(["evaluate", *ids, "--root", str(factory.root), "--manifests", str(factory.manifests),
                  "--results", str(results), "--run-id", "r", "--repeats", "1", "--no-hygiene",
-                 "--pair", "embedded", str(hr), str(lr)])
+                 "--pair", "embedded", str(hr), str(lr), *([] if landlock else ["--no-landlock"])])
     return code, results / "r"
+
+
+def _tables_of(run: Path) -> dict:
+    return {table: read_verified(run, table) for table in ("submissions", "splits")}
 
 
 def test_split_file_rewritten_mid_run_is_flagged(factory, tmp_path: Path, capsys) -> None:
@@ -219,7 +224,16 @@ def test_split_file_rewritten_mid_run_is_flagged(factory, tmp_path: Path, capsys
                f"_image.point(lambda v: 255 - v).save({str(victim)!r})\n")
     factory.make()
     factory.make("team11_Rewriter", team_id="11", model_source={"prelude": prelude})
+    before = victim.read_bytes()
     code, run = _evaluate(factory, tmp_path, hr, lr)
+    out = capsys.readouterr().out
+    if landlock.abi_version() >= 1:  # first line of defence: the sandbox cannot open the split
+        assert victim.read_bytes() == before and "SPLIT CHANGED" not in out
+        row = _tables_of(run)["submissions"].set_index("submission_id").loc["team11_Rewriter"]
+        assert row["status"] == "error" and "Permission" in row["error"]
+        shutil.rmtree(run)
+    # second line, for a sandbox without Landlock (an older kernel, or --no-landlock): the split re-check
+    code, run = _evaluate(factory, tmp_path, hr, lr, landlock=False)
     out = capsys.readouterr().out
     assert code == 1 and "WARNING: SPLIT CHANGED MID-RUN" in out and "ledger: " in out
 
@@ -260,7 +274,13 @@ def test_model_code_forging_a_part_and_the_ledger_is_caught(factory, tmp_path: P
     )
     factory.make()
     factory.make("team11_Forger", team_id="11", model_source={"prelude": prelude})
-    code, run = _evaluate(factory, tmp_path, hr, lr, "team11_Forger", "team10_Tiny")
+    if landlock.abi_version() >= 1:  # first line of defence: the sandbox cannot reach the run folder
+        code, run = _evaluate(factory, tmp_path, hr, lr, "team11_Forger", "team10_Tiny")
+        assert not (run / "splits" / f"{FORGED}.parquet").exists()
+        assert "TAMPERED" not in capsys.readouterr().out
+        shutil.rmtree(run)
+    # second line, for a sandbox without Landlock: the ledger
+    code, run = _evaluate(factory, tmp_path, hr, lr, "team11_Forger", "team10_Tiny", landlock=False)
     assert (run / "splits" / f"{FORGED}.parquet").is_file()
     out = capsys.readouterr().out
     assert code == 1 and "WARNING: TAMPERED RUN:" in out and f"unexpected file splits/{FORGED}.parquet" in out
