@@ -8,7 +8,9 @@ Contract
   with hygiene on, exactly as an actor does, and records per evaluation: ``wall_s`` (the row's own
   figure: everything from the device set-up to the row), the sum of the timed latencies and the
   status. The first evaluation of each submission is a warm-up (imports, allocator) and is not
-  recorded.
+  recorded. Before each recorded evaluation the sandbox is prestarted as a Ray actor does while it
+  starts (``esr_eval.sandbox.prestart``; ``--no-prestart``: as ``esr-eval evaluate`` does, inside
+  the evaluation; a checkout without a sandbox ignores both).
 - It measures whatever ``esr_eval`` is first on ``sys.path``: run it once with ``PYTHONPATH`` set
   to a checkout from before the privilege separation and once with this one, on the same quiet
   machine, and compare the medians (the ``--label`` names each record).
@@ -43,10 +45,22 @@ from esr_eval.manifest import discover  # noqa: E402
 REPO_ROOT = BENCH.parent
 
 
-def measure(sub, splits, config, runs: int) -> list[dict]:
+def _prestart() -> None:
+    """What a Ray actor does while it starts (esr_eval with a sandbox only): the sandbox's
+    interpreter and imports before the submission's wall clock starts."""
+    try:
+        from esr_eval.sandbox import prestart
+    except ImportError:
+        return
+    prestart(wait=True)
+
+
+def measure(sub, splits, config, runs: int, prestarted: bool) -> list[dict]:
     evaluate_submission(sub, splits, config, "warm-up")
     records = []
     for run in range(runs):
+        if prestarted:
+            _prestart()
         result = evaluate_submission(sub, splits, config, f"run{run}")
         row = result.submission
         records.append(dict(submission_id=sub.submission_id, run=run, status=row.status, error=row.error,
@@ -64,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--label", default="this")
+    parser.add_argument("--no-prestart", action="store_true",
+                        help="start each sandbox inside the measured evaluation (as `esr-eval evaluate` does), not "
+                             "before it (as a Ray actor does)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -71,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     config = EvaluationConfig(torch_threads=args.threads)
     subs = [s for s in discover(REPO_ROOT / "model_zoo", REPO_ROOT) if s.submission_id in args.ids]
     load_before = os.getloadavg()[0]
-    records = [record for sub in subs for record in measure(sub, splits, config, args.runs)]
+    records = [record for sub in subs for record in measure(sub, splits, config, args.runs, not args.no_prestart)]
     summary = {}
     for sid in args.ids:
         walls = [r["wall_s"] for r in records if r["submission_id"] == sid]
@@ -80,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                                 statuses=sorted({r["status"] for r in records if r["submission_id"] == sid}))
     payload = dict(label=args.label, esr_eval=str(Path(esr_eval.__file__).parent), host=socket.gethostname(),
                    cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), torch=torch.__version__,
-                   torch_threads=args.threads, images=args.images, hr_size_px=list(args.hr_size),
+                   torch_threads=args.threads, prestarted=not args.no_prestart, images=args.images, hr_size_px=list(args.hr_size),
                    splits=[s.name for s in splits], load_avg_1m_before=load_before,
                    load_avg_1m_after=os.getloadavg()[0], summary=summary, records=records,
                    finished_unix_s=time.time())

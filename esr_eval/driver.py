@@ -98,12 +98,17 @@ def _failure_row(sub: Submission, run_id: str, status: str, message: str, stage:
 class SubmissionActor:
     """Runs exactly one submission, then is killed; a new process per submission.
 
-    The evaluator's own heavy imports happen while the actor starts, so they count as start-up
-    (``startup_timeout_s``), never against the submission's ``timeout_s``.
+    The evaluator's own heavy imports, and the start of the sandbox process the submission will
+    run in (:func:`esr_eval.sandbox.prestart`), happen while the actor starts, so they count as
+    start-up (``startup_timeout_s``), never against the submission's ``timeout_s``.
     """
 
     def __init__(self):
         import fvcore.nn  # noqa: F401  (imported lazily by complexity; seconds on a loaded node)
+
+        from esr_eval.sandbox import prestart
+
+        prestart()  # the sandbox's interpreter and imports start now, not inside the submission's wall
 
     def node(self) -> dict:
         ctx = ray.get_runtime_context()

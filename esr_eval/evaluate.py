@@ -48,7 +48,7 @@ from esr_eval.provenance import device_facts, facts_dict
 from esr_eval.quality import score
 from esr_eval.recount import check_trace, checkpoint_float_elements
 from esr_eval.records import EvaluationResult, SampleRow, SplitRow, SubmissionRow
-from esr_eval.sandbox import RemoteAdapter, RemoteError, Sandbox, SandboxError, restrict, to_input
+from esr_eval.sandbox import RemoteAdapter, RemoteError, Sandbox, SandboxError, obtain, restrict, to_input
 from esr_eval.settings import EvaluationConfig  # noqa: F401 (defined there, torch-free; imported from here too)
 from esr_eval.timing import CallTiming, calibrate_overhead, external_check, summarize, time_split
 
@@ -342,7 +342,7 @@ def _measure(sub, splits, config, run_id, device, fields: dict, split_rows: list
     sandbox = None
     try:
         decoded_splits = [_decode_all(split) for split in splits]
-        sandbox = Sandbox(config.device, config.torch_threads)
+        sandbox = obtain(config.device, config.torch_threads)
         overheads = _calibrate(sandbox, sub, decoded_splits)
         _load(sandbox, sub, config, fields)
         stage = "inference"

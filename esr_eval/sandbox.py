@@ -15,9 +15,10 @@ nonce. What comes back is untrusted and checked by the caller.
   :class:`SandboxError` (with the exit status and the tail of the sandbox's log); a failure
   inside the sandbox raises :class:`RemoteError` with the sandbox's type name, message, stage and
   traceback.
-* :meth:`Sandbox.close` ends the process (``exit``, then SIGKILL after ``EXIT_WAIT_S``). Processes
-  the submission spawned are the caller's to reap (:func:`esr_eval.containment.contained`, which
-  makes the evaluator a subreaper).
+* :meth:`Sandbox.close` ends the process (SIGKILL). Processes the submission spawned are the
+  caller's to reap (:func:`esr_eval.containment.contained`, which makes the evaluator a subreaper).
+* :func:`prestart` starts a sandbox before its device is known (a Ray actor does, while it starts
+  up); :func:`obtain` takes it, or starts one. Each sandbox serves one submission.
 * :class:`RemoteAdapter` gives the sandboxed model the interface of
   :class:`esr_eval.adapter.ForwardAdapter` (``__call__``, ``to_input``, ``to_uint8``,
   ``data_range``, ``scale``, ``with_data_range``) for the hygiene checks, which run in the evaluator.
@@ -25,6 +26,8 @@ nonce. What comes back is untrusted and checked by the caller.
 
 from __future__ import annotations
 
+import fcntl
+import mmap
 import os
 import secrets
 import shutil
@@ -43,9 +46,11 @@ import esr_eval
 from esr_eval import landlock
 from esr_eval.quality import to_uint8
 from esr_eval.timing import CallTiming
-from esr_eval.wire import WireError, receive, send
+from esr_eval.wire import WireError, read_shared, receive, send
 
 EXIT_WAIT_S = 5.0
+PIPE_BYTES = 1 << 20
+SHARED_BYTES = 256 << 20  # the largest output passed through shared memory (a 4x 8K image: 400 MB goes by pipe)
 LOG_TAIL_BYTES = 2000
 _KEPT_ENV = ("PATH", "LANG", "LC_ALL", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "LD_LIBRARY_PATH",
              "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG")
@@ -104,28 +109,54 @@ def restrict(sandbox: "Sandbox", sub, memory_limit_mb: int | None, use_landlock:
 class Sandbox:
     """One sandbox process for one submission (see the module docstring)."""
 
-    def __init__(self, device: str = "cpu", torch_threads: int | None = None):
-        self.device = device
+    def __init__(self, device: str | None = "cpu", torch_threads: int | None = None):
+        self.device = None
         self.folder = Path(tempfile.mkdtemp(prefix="esr-sandbox-"))
         self.log_path = self.folder / "sandbox.log"
         request_read, self._request_write = os.pipe()
         self._reply_read, reply_write = os.pipe()
+        for fd in (self._request_write, reply_write):
+            _widen(fd)
+        self._shared, shared_fd = _shared_buffer()
         env = {key: os.environ[key] for key in _KEPT_ENV if key in os.environ}
         env.update(HOME=str(self.folder), TMPDIR=str(self.folder), MPLCONFIGDIR=str(self.folder),
                    PYTHONPATH=str(Path(esr_eval.__file__).resolve().parent.parent), PYTHONDONTWRITEBYTECODE="1")
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "esr_eval.sandbox_child", str(request_read), str(reply_write), str(os.getpid())],
-                pass_fds=(request_read, reply_write), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                [sys.executable, "-m", "esr_eval.sandbox_child", str(request_read), str(reply_write), str(os.getpid()),
+                 str(shared_fd)],
+                pass_fds=tuple(fd for fd in (request_read, reply_write, shared_fd) if fd >= 0),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 cwd=self.folder, env=env, start_new_session=True)
-        os.close(request_read)
-        os.close(reply_write)
+        for fd in (request_read, reply_write, shared_fd):
+            if fd >= 0:
+                os.close(fd)
         self._requests = os.fdopen(self._request_write, "wb")
         self._replies = os.fdopen(self._reply_read, "rb")
         self.started_s = time.perf_counter()
         self.expired = False
-        self.ready = self.request("hello", device=device, torch_threads=torch_threads)
+        self._started = False
         self.pid = self.process.pid
+        if device is not None:
+            self.hello(device, torch_threads)
+
+    def wait_started(self) -> None:
+        """Wait until the sandbox has made its imports (it says so once, unasked)."""
+        if self._started:
+            return
+        try:
+            announced, _ = receive(self._replies)
+        except (EOFError, WireError) as exc:
+            raise self._died(f"did not start ({type(exc).__name__})") from None
+        if announced.get("nonce") != "started":
+            raise SandboxError("the sandbox process did not announce its start")
+        self._started = True
+
+    def hello(self, device: str, torch_threads: int | None = None) -> dict:
+        """Tell the started sandbox its device and thread count."""
+        self.wait_started()
+        self.device = device
+        return self.request("hello", device=device, torch_threads=torch_threads)
 
     def _died(self, what: str) -> SandboxError:
         try:
@@ -189,6 +220,11 @@ class Sandbox:
             header.update(null=True, scale=null_scale)
         started = time.perf_counter_ns()
         reply, out = self._exchange("forward", [x], header, timeout_s)
+        if "shared" in reply and self._shared is not None:
+            try:
+                out = [read_shared(self._shared, reply["shared"]), *out]
+            except WireError as exc:
+                raise SandboxError(f"the submission's process broke the protocol during 'forward': {exc}") from None
         external_ms = (time.perf_counter_ns() - started) / 1e6
         if not out:
             raise SandboxError("the submission's process answered 'forward' without an output")
@@ -196,20 +232,15 @@ class Sandbox:
         return timing, reply, out[1:]
 
     def close(self) -> None:
-        """End the process and remove its private folder."""
-        if self.process.poll() is None:
-            try:
-                send(self._requests, dict(op="exit", nonce="exit"))
-                self.process.wait(timeout=EXIT_WAIT_S)
-            except (OSError, ValueError, subprocess.TimeoutExpired):
-                pass
+        """End the process (SIGKILL: it holds nothing to save) and remove its private folder."""
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-        for stream in (self._requests, self._replies):
+        for stream in (self._requests, self._replies, self._shared):
             try:
-                stream.close()
-            except OSError:
+                if stream is not None:
+                    stream.close()
+            except (OSError, BufferError):
                 pass
         shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -218,6 +249,49 @@ class Sandbox:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+_spare: Sandbox | None = None
+F_SETPIPE_SZ = 1031  # Linux: a pipe's capacity; images cross in fewer wake-ups with a wide one
+
+
+def _shared_buffer() -> tuple[mmap.mmap | None, int]:
+    """A shared memory buffer (memfd) for the sandbox's outputs, and its fd (-1 where memfd is missing)."""
+    try:
+        fd = os.memfd_create("esr-sandbox-outputs")
+        os.ftruncate(fd, SHARED_BYTES)
+        return mmap.mmap(fd, SHARED_BYTES), fd
+    except (AttributeError, OSError):
+        return None, -1
+
+
+def _widen(fd: int) -> None:
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as handle:
+            fcntl.fcntl(fd, F_SETPIPE_SZ, min(int(handle.read()), PIPE_BYTES))
+    except (OSError, ValueError):
+        pass
+
+
+def prestart(wait: bool = False) -> None:
+    """Start a sandbox now, before its device is known, so that its interpreter and imports are
+    paid while the caller starts up (a Ray actor), not inside a submission's measurement; the next
+    :func:`obtain` takes it. Nothing of a submission is in it yet. ``wait``: until its imports are done."""
+    global _spare
+    if _spare is None or _spare.process.poll() is not None:
+        _spare = Sandbox(device=None)
+    if wait:
+        _spare.wait_started()
+
+
+def obtain(device: str, torch_threads: int | None = None) -> Sandbox:
+    """The prestarted sandbox if there is one (each is used once), else a new one; ready on ``device``."""
+    global _spare
+    box, _spare = _spare, None
+    if box is None or box.process.poll() is not None:
+        return Sandbox(device, torch_threads)
+    box.hello(device, torch_threads)
+    return box
 
 
 def _number(reply: dict, key: str) -> float:

@@ -3,7 +3,8 @@
 Contract
 --------
 Started by :class:`esr_eval.sandbox.Sandbox` as ``python -m esr_eval.sandbox_child REQ_FD
-REPLY_FD PARENT_PID``; it talks only through those two pipes (:mod:`esr_eval.wire`, no pickle)
+REPLY_FD PARENT_PID SHARED_FD``; it talks only through those two pipes (:mod:`esr_eval.wire`, no
+pickle) and a shared output buffer (a memfd; -1: none) where it leaves uint8 outputs
 and sees only what a request carries: LR inputs (float tensors) and probe inputs. It never
 receives HR images, their paths, the run folder or anything that writes results. It dies with
 its parent (``PR_SET_PDEATHSIG``). Everything it needs is imported before any submission code
@@ -25,7 +26,7 @@ Requests (``op``) and replies:
 * ``trace`` [x]: the adapter traced on ``x`` (``torch.jit.trace``), saved as a TorchScript archive
   (uint8 array), for the evaluator to count and check in its own process.
 * ``reset_peak`` / ``peak``: CUDA peak memory of this process (MiB).
-* ``exit``.
+It serves until its request pipe closes or its parent kills it.
 Every reply echoes the request's ``nonce``; a failure replies ``error`` with the exception's
 type, message (clipped), traceback and, for a :class:`SubmissionError`, its stage.
 """
@@ -35,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import io
+import mmap
 import os
 import resource
 import signal
@@ -75,8 +77,9 @@ class _Traced(nn.Module):
 
 
 class _Child:
-    def __init__(self, device: torch.device, threads: int | None):
+    def __init__(self, device: torch.device, threads: int | None, shared: mmap.mmap | None = None):
         self.device = device
+        self.shared = shared
         self.adapter: ForwardAdapter | None = None
         self.sub = None
         self.scale = 4
@@ -103,7 +106,11 @@ class _Child:
                   else out.detach().float().cpu().numpy())
         mutated = pristine is not None and not torch.equal(x, pristine)
         extra = [x.cpu().numpy()] if mutated else []
-        return dict(latency_ms=latency_ms, wall_ms=wall_ms, mutated=mutated), [result, *extra]
+        reply = dict(latency_ms=latency_ms, wall_ms=wall_ms, mutated=mutated)
+        if self.shared is not None and result.nbytes <= len(self.shared):
+            np.frombuffer(self.shared, dtype=result.dtype, count=result.size)[:] = result.reshape(-1)
+            return dict(reply, shared=[result.dtype.name, list(result.shape)]), extra
+        return reply, [result, *extra]
 
     def restrict(self, header: dict, arrays):
         """Read the manifest, then limit memory and restrict with Landlock: before any submission code."""
@@ -138,8 +145,12 @@ class _Child:
         shape = tuple(header["shape"])
         data_range = float(header["data_range"])
         c = measure_complexity(self.adapter.model, shape, data_range, self.device)
-        probe = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * data_range
-        probe_px = per_pixel_audit(self.adapter, probe.to(self.device), self.scale)
+        spec = self.adapter.spec
+        if spec.tile_size or spec.pad_to_multiple:  # the adapter adds work around the model: count it as called
+            probe = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * data_range
+            probe_px = per_pixel_audit(self.adapter, probe.to(self.device), self.scale)
+        else:  # the adapter is the model itself: its audit count on the same probe
+            probe_px = c.flops_audit / (shape[0] * shape[-2] * shape[-1] * self.scale ** 2)
         return dict(params=c.params, flops_fvcore=c.flops_fvcore, flops_hook_2022=c.flops_hook_2022,
                     flops_audit=c.flops_audit, activations=c.activations, num_conv=c.num_conv,
                     zero_counted_ops=[[op.op, op.calls, op.category] for op in c.zero_counted_ops],
@@ -175,7 +186,7 @@ def _error(exc: BaseException) -> dict:
 
 
 def serve(requests, replies, child: _Child) -> None:
-    """Answer requests until ``exit`` or the end of the request stream."""
+    """Answer requests until the end of the request stream."""
     handlers = dict(forward=child.forward, restrict=child.restrict, construct=child.construct, load=child.load,
                     complexity=child.complexity, trace=child.trace, reset_peak=child.reset_peak, peak=child.peak)
     while True:
@@ -184,9 +195,6 @@ def serve(requests, replies, child: _Child) -> None:
         except EOFError:
             return
         op, nonce = header.get("op"), header.get("nonce")
-        if op == "exit":
-            send(replies, dict(nonce=nonce))
-            return
         try:
             reply, out = handlers[op](header, arrays)
         except (Exception, SystemExit) as exc:  # the submission's fault is reported, never fatal here
@@ -196,14 +204,16 @@ def serve(requests, replies, child: _Child) -> None:
 
 
 def main(argv: list[str]) -> None:
-    request_fd, reply_fd, parent_pid = int(argv[1]), int(argv[2]), int(argv[3])
+    request_fd, reply_fd, parent_pid, shared_fd = int(argv[1]), int(argv[2]), int(argv[3]), int(argv[4])
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:
         sys.exit(1)
     requests, replies = os.fdopen(request_fd, "rb"), os.fdopen(reply_fd, "wb")
+    send(replies, dict(nonce="started", pid=os.getpid()))  # imports done: ready for its device
     header, _ = receive(requests)
-    child = _Child(torch.device(header["device"]), header.get("torch_threads"))
+    shared = mmap.mmap(shared_fd, 0) if shared_fd >= 0 else None
+    child = _Child(torch.device(header["device"]), header.get("torch_threads"), shared)
     send(replies, dict(nonce=header.get("nonce"), pid=os.getpid(), torch=torch.__version__))
     serve(requests, replies, child)
 

@@ -9,7 +9,8 @@ dtype and shape. :func:`receive` trusts nothing it reads: the header is capped a
 lists of non-negative ints whose total stays under ``max_array_bytes``; anything else raises
 :class:`WireError`. Nothing received is ever unpickled, so a hostile sandbox can send wrong
 numbers (which the evaluator checks) but cannot run code in the evaluator. End of stream raises
-:class:`EOFError`.
+:class:`EOFError`. Large outputs may instead cross through a shared buffer (:func:`read_shared`):
+the header then describes the array, and the reader copies it out after the same checks.
 """
 
 from __future__ import annotations
@@ -51,6 +52,21 @@ def _read_exactly(stream: BinaryIO, size: int) -> bytearray:
             raise EOFError("the peer closed the stream")
         done += got
     return buffer
+
+
+def array_spec(entry) -> tuple[str, tuple[int, ...]]:
+    """(dtype, shape) of a ``[dtype, shape]`` description, checked (:class:`WireError` otherwise)."""
+    return _array_spec(entry)
+
+
+def read_shared(buffer, entry) -> np.ndarray:
+    """A copy of the array described by ``entry`` (``[dtype, shape]``) at the start of ``buffer``
+    (a shared mapping the peer wrote), checked against the buffer's size."""
+    dtype, shape = _array_spec(entry)
+    size = math.prod(shape) * np.dtype(dtype).itemsize
+    if size > len(buffer):
+        raise WireError(f"shared array of {size} bytes exceeds the {len(buffer)}-byte buffer")
+    return np.frombuffer(buffer, dtype=dtype, count=math.prod(shape)).reshape(shape).copy()
 
 
 def _array_spec(entry) -> tuple[str, tuple[int, ...]]:
