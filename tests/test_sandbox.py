@@ -126,8 +126,10 @@ def test_a_stopped_clock_is_caught_by_the_evaluators_clock_and_its_figure_stands
     (split,) = result.splits
     assert split.runtime_sandbox_ms < 1.0  # what the patched clock reported
     assert split.timing_tampered and "above what the submission's process reported" in split.timing_detail
-    assert split.runtime_ms >= 250.0 and split.runtime_ms == split.runtime_external_ms
-    assert all(s.latency_ms >= 250.0 for s in result.samples)
+    # the external figure stands: the 300 ms of hidden work, less a calibrated overhead that a busy
+    # machine can overestimate by tens of ms (so a margin, not the sleep itself, is the bound)
+    assert split.runtime_ms == split.runtime_external_ms > 100.0
+    assert all(s.latency_ms == pytest.approx(max(s.external_ms - s.overhead_ms, 0.0)) for s in result.samples)
 
 
 def test_an_honest_model_is_not_flagged_by_the_external_clock(factory):
