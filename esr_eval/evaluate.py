@@ -77,7 +77,7 @@ def _mean(values: list[float | None]) -> float | None:
     return None if any(v is None for v in values) else float(np.mean(values))
 
 
-def _checked_output(sr, expected_hw: tuple[int, int], where: str) -> np.ndarray:
+def _checked_output(sr, where: str) -> np.ndarray:
     if not isinstance(sr, np.ndarray) or sr.dtype != np.uint8 or sr.ndim != 3 or sr.shape[2] != 3:
         raise SandboxError(f"{where}: the submission's process returned something other than an H×W×3 uint8 image")
     return sr
@@ -89,7 +89,7 @@ def _score_split(run_id: str, sub: Submission, split: Split, timed, hr_images, l
     latency = check.bound_ms if check.tampered else timed.latency_ms
     for index, pair in enumerate(split.pairs):
         sr, hr = timed.outputs[index], hr_images[index]
-        _checked_output(sr, hr.shape[:2], f"{split.name}/{pair.name}")
+        _checked_output(sr, f"{split.name}/{pair.name}")
         if sr.shape != hr.shape:
             raise EvaluationError("quality", f"{split.name}/{pair.name}: output {sr.shape[1]}x{sr.shape[0]} is not "
                                              f"{sub.scale}x the input (expected {hr.shape[1]}x{hr.shape[0]}). "
@@ -198,7 +198,7 @@ def _complexity_fields(sandbox: Sandbox, sub, config, device, real_lr: np.ndarra
     sandbox.request("trace", [real])
     archive = sandbox.last_arrays[0].tobytes() if sandbox.last_arrays else b""
     fresh = np.ascontiguousarray(real[..., ::-1])
-    fresh_sr = _checked_output(sandbox.forward(fresh, data_range=sub.data_range)[0].output, real_sr.shape[:2],
+    fresh_sr = _checked_output(sandbox.forward(fresh, data_range=sub.data_range)[0].output,
                                "the fresh input")
     trace = check_trace(archive, real, real_sr, fresh, fresh_sr, sub.data_range, sub.scale, device)
     in_checkpoint = checkpoint_float_elements(sub)

@@ -26,7 +26,6 @@ nonce. What comes back is untrusted and checked by the caller.
 
 from __future__ import annotations
 
-import fcntl
 import mmap
 import os
 import secrets
@@ -49,7 +48,6 @@ from esr_eval.timing import CallTiming
 from esr_eval.wire import WireError, read_shared, receive, send
 
 EXIT_WAIT_S = 5.0
-PIPE_BYTES = 1 << 20
 SHARED_BYTES = 256 << 20  # the largest output passed through shared memory (a 4x 8K image: 400 MB goes by pipe)
 LOG_TAIL_BYTES = 2000
 _KEPT_ENV = ("PATH", "LANG", "LC_ALL", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "LD_LIBRARY_PATH",
@@ -115,8 +113,6 @@ class Sandbox:
         self.log_path = self.folder / "sandbox.log"
         request_read, self._request_write = os.pipe()
         self._reply_read, reply_write = os.pipe()
-        for fd in (self._request_write, reply_write):
-            _widen(fd)
         self._shared, shared_fd = _shared_buffer()
         env = {key: os.environ[key] for key in _KEPT_ENV if key in os.environ}
         env.update(HOME=str(self.folder), TMPDIR=str(self.folder), MPLCONFIGDIR=str(self.folder),
@@ -133,10 +129,8 @@ class Sandbox:
                 os.close(fd)
         self._requests = os.fdopen(self._request_write, "wb")
         self._replies = os.fdopen(self._reply_read, "rb")
-        self.started_s = time.perf_counter()
         self.expired = False
         self._started = False
-        self.pid = self.process.pid
         if device is not None:
             self.hello(device, torch_threads)
 
@@ -252,7 +246,6 @@ class Sandbox:
 
 
 _spare: Sandbox | None = None
-F_SETPIPE_SZ = 1031  # Linux: a pipe's capacity; images cross in fewer wake-ups with a wide one
 
 
 def _shared_buffer() -> tuple[mmap.mmap | None, int]:
@@ -263,14 +256,6 @@ def _shared_buffer() -> tuple[mmap.mmap | None, int]:
         return mmap.mmap(fd, SHARED_BYTES), fd
     except (AttributeError, OSError):
         return None, -1
-
-
-def _widen(fd: int) -> None:
-    try:
-        with open("/proc/sys/fs/pipe-max-size") as handle:
-            fcntl.fcntl(fd, F_SETPIPE_SZ, min(int(handle.read()), PIPE_BYTES))
-    except (OSError, ValueError):
-        pass
 
 
 def prestart(wait: bool = False) -> None:
