@@ -34,7 +34,8 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from esr_eval.manifest import Submission, SubmissionError, _did_you_mean
+from esr_eval.manifest import Submission, SubmissionError
+from esr_eval.validation import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ def construct_model(sub: Submission, device: torch.device) -> tuple[nn.Module, i
         classes = [n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, nn.Module)]
         raise SubmissionError(sub.submission_id, "model.class",
                               f"{sub.model.file} has no class '{sub.model.class_name}'",
-                              f"use one of its classes ({_did_you_mean(sub.model.class_name, classes)})",
+                              f"use one of its classes ({did_you_mean(sub.model.class_name, classes)})",
                               stage="import")
     redirects = [0]
     guard = cuda_redirected(redirects) if device.type != "cuda" else contextlib.nullcontext()

@@ -26,17 +26,20 @@ The format is documented in the README ("Submission manifests").
 
 from __future__ import annotations
 
-import difflib
 import hashlib
+import json
 import os
 import re
 import tomllib
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any
 
 import yaml
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, ValidationInfo, field_validator
+
+from esr_eval.validation import Problem, Strict, did_you_mean, invalid, printable, problems, show
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".toml")
 VALID_DATA_RANGES = (1.0, 255.0)
@@ -49,16 +52,6 @@ MAX_ID_CHARS = 80               # submission id = file stem; also a part-file na
 MAX_ID_BYTES = 160              # ... which must fit a 255-byte file name with its temporary suffix
 MAX_NAME_CHARS = 80             # display name (tables, plots)
 MAX_TEXT_CHARS = 500            # any other string in a manifest (paths, keys, weights, requirements)
-SHOWN_CHARS = 60                # a value quoted in an error message, escaped, at most this long
-
-_TOP_KEYS = {
-    "team_id", "name", "model", "checkpoint", "data_range", "scale", "adapter",
-    "requirements", "weights",
-}
-_MODEL_KEYS = {"file", "class", "args", "kwargs"}
-_CHECKPOINT_KEYS = {"path", "key", "sha256", "strict", "trusted_pickle"}
-_ADAPTER_KEYS = {"pad_to_multiple", "tile"}
-_TILE_KEYS = {"size", "overlap"}
 
 
 class SubmissionError(ValueError):
@@ -71,21 +64,17 @@ class SubmissionError(ValueError):
         self.problem = problem
         self.fix = fix
         self.stage = stage
+        self.problems = (Problem(field_name, problem, fix),)
         super().__init__(f"[{submission_id}] {field_name}: {problem}. Fix: {fix}")
 
-
-def printable(text: str, limit: int | None = SHOWN_CHARS) -> str:
-    """``text`` with unprintable characters (controls, surrogates, line separators, …) escaped as
-    ``\\xNN``/``\\uNNNN`` and clipped to ``limit`` characters with '…' (``None``: not clipped):
-    safe to print and to store."""
-    head = text if limit is None else text[: limit + 1]
-    escaped = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in head)
-    return escaped if limit is None or len(escaped) <= limit else escaped[: limit - 1] + "…"
-
-
-def _show(value: Any) -> str:
-    """A value as quoted in a message: its repr, escaped and clipped."""
-    return printable(repr(value))
+    @classmethod
+    def listing(cls, submission_id: str, found: list[Problem]) -> SubmissionError:
+        """One error for every problem of a manifest: the first names the field; the message lists all."""
+        first = found[0]
+        error = cls(submission_id, first.field, first.problem, first.fix)
+        error.problems = tuple(found)
+        error.args = ("; ".join([str(error)] + [f"{p.field}: {p.problem}. Fix: {p.fix}" for p in found[1:]]),)
+        return error
 
 
 def submission_id_for(path: Path) -> tuple[str, str | None]:
@@ -138,29 +127,81 @@ class ManifestLoader(yaml.SafeLoader):
 
 
 
-@dataclass(frozen=True)
-class ModelSpec:
+_README = "see README, 'Submission manifests'"
+
+
+def _fix(fix: str, description: str, **kwargs: Any) -> Any:
+    """A field stating its meaning (for the JSON Schema) and its fix (for error messages)."""
+    return Field(description=description, json_schema_extra={"fix": fix}, **kwargs)
+
+
+def _none_as(default: Any) -> BeforeValidator:
+    """An explicit null in the file means the default."""
+    return BeforeValidator(lambda value: default if value is None else value)
+
+
+def _relative(value: str, info: ValidationInfo) -> str:
+    """A non-empty path that stays under the submissions root (and, when the context asks, exists)."""
+    if not value.strip():
+        raise invalid(f"must be a non-empty path, got {show(value)}", "give a path relative to --root")
+    normal = os.path.normpath(value)
+    if os.path.isabs(value) or normal == ".." or normal.startswith(".." + os.sep):
+        raise invalid(f"{printable(value)} points outside the submissions root",
+                      "give a path relative to --root without '..' (manifests are untrusted input)")
+    context = info.context or {}
+    if context.get("check_files") and not (context["root"] / value).is_file():
+        raise invalid(f"{printable(value)} not found under {context['root']}",
+                      f"put the file there or correct `{info.field_name}` (a path relative to --root)")
+    return value
+
+
+RelativePath = Annotated[str, AfterValidator(_relative)]
+
+
+class ModelSpec(Strict):
     """Where the architecture lives and how to construct it."""
 
-    file: str
-    class_name: str
-    args: tuple = ()
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    file: RelativePath = _fix("point `model.file` at the team's .py file relative to the submissions root (--root)",
+                              "the team's model file, relative to the submissions root")
+    class_name: str = _fix("write the name of the network class defined in model.file, e.g. `class: RLFN_Prune`",
+                           "the network class defined in `file`", alias="class")
+    args: Annotated[tuple[Any, ...], _none_as(())] = _fix("write `args: [48, 4]`", "positional arguments of the class",
+                                                           default=(), strict=False)
+    kwargs: Annotated[dict[str, Any], _none_as({})] = _fix("write `kwargs: {upscale: 4}`",
+                                                           "keyword arguments of the class", default_factory=dict)
+
+    @field_validator("class_name")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not value.isidentifier():
+            raise invalid(f"must be a Python class name, got {show(value)}",
+                          "write the name of the network class defined in model.file, e.g. `class: RLFN_Prune`")
+        return value
 
 
-@dataclass(frozen=True)
-class CheckpointSpec:
+class CheckpointSpec(Strict):
     """Where the weights live and how to read them.
 
     ``key`` is a path into the loaded object: ``None`` = the root is the state dict,
     ``"a.b"`` = nested, ``"params_ema|params"`` = the first alternative present.
     """
 
-    path: str
-    key: str | None = None
-    sha256: str | None = None
-    strict: bool = True
-    trusted_pickle: bool = False
+    path: RelativePath = _fix("put the checkpoint there or correct the path (relative to --root)",
+                              "the weights file, relative to the submissions root")
+    key: str | None = _fix("use 'params', 'params_ema', 'params_ema|params', a nested 'a.b', or omit it for a "
+                           "root state dict", "where the state dict sits in the loaded object", default=None,
+                           pattern=r"[^|.]")
+    sha256: str | None = _fix("write the output of `sha256sum <checkpoint>` or omit the field",
+                              "expected SHA-256 of the file", default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    strict: Annotated[bool, _none_as(True)] = _fix("write `strict: true` or `false`",
+                                                   "load with the official strict key check", default=True)
+    trusted_pickle: Annotated[bool, _none_as(False)] = _fix(
+        "write `trusted_pickle: true` or `false`", "allow unpickling code (recorded opt-in)", default=False)
+
+    @field_validator("sha256")
+    @classmethod
+    def _lower(cls, value: str | None) -> str | None:
+        return None if value is None else value.lower()
 
     def key_alternatives(self) -> tuple[tuple[str, ...], ...]:
         """The key as alternatives, each a tuple of nested names (empty tuple = root)."""
@@ -168,6 +209,25 @@ class CheckpointSpec:
             return ((),)
         return tuple(tuple(part for part in alt.split(".") if part)
                      for alt in self.key.split("|"))
+
+
+class TileEntry(Strict):
+    size: int = _fix("give a whole number such as 256", "tile edge in LR pixels", gt=0)
+    overlap: int = _fix("choose an overlap smaller than the tile size", "overlap in LR pixels", default=0, ge=0)
+
+    @field_validator("overlap")
+    @classmethod
+    def _overlap_below_size(cls, value: int, info: ValidationInfo) -> int:
+        size = info.data.get("size")
+        if size is not None and value >= size:
+            raise invalid(f"must be an integer in [0, size), got {value}", "choose an overlap smaller than the tile size")
+        return value
+
+
+class AdapterEntry(Strict):
+    pad_to_multiple: int | None = _fix("give a whole number such as 16", "reflect-pad the LR input to a multiple",
+                                       default=None, gt=0)
+    tile: TileEntry | None = _fix("write `tile: {size: 256, overlap: 16}`", "tiled inference", default=None)
 
 
 @dataclass(frozen=True)
@@ -185,6 +245,72 @@ class AdapterSpec:
         if self.tile_size:
             parts.append(f"tile={self.tile_size}/overlap={self.tile_overlap}")
         return ",".join(parts) or "none"
+
+
+class ManifestDocument(Strict):
+    """One manifest file, as written (README, "Submission manifests"); its JSON Schema is
+    ``docs/manifest.schema.json``."""
+
+    team_id: str = _fix('write it quoted, e.g. team_id: "07" (unquoted, YAML reads 010 as 8)',
+                        "the team's two-digit id, quoted")
+    name: str | int | float | None = _fix("write the method's name, e.g. `name: RLFN`",
+                                          "display name (default: the submission id)", default=None)
+    model: ModelSpec = _fix("write `model: {file: models/teamNN_Name.py, class: ClassName}`", "the network")
+    checkpoint: CheckpointSpec | None = _fix(
+        "write `checkpoint: {path: model_zoo/teamNN_name.pth}` or omit it for a parameter-free model",
+        "the weights (omit for a parameter-free model)", default=None)
+    data_range: float = _fix("declare the input range the network was trained with: 1.0 or 255.0",
+                             "input range the network expects: 1.0 or 255.0", default=1.0)
+    scale: int = _fix("declare the factor the network upscales by, a whole number (NTIRE ESR is x4)",
+                      "upscaling factor", default=4)
+    adapter: AdapterEntry | None = _fix("write `adapter: {pad_to_multiple: 16}` or omit it",
+                                        "forward adapter: padding and/or tiling", default=None)
+    requirements: Annotated[tuple[str, ...], _none_as(())] = _fix(
+        "write `requirements: [einops, timm==0.9.2]`", "pip requirement strings", default=(), strict=False)
+    weights: str | int | float | None = _fix('write one line such as `weights: "trained on DIV2K, 1000k iterations"`',
+                                             "free text on how the weights were made", default="")
+
+    @field_validator("team_id")
+    @classmethod
+    def _two_digits(cls, value: str) -> str:
+        if not re.fullmatch(r"[0-9]{2}", value):
+            raise invalid(f"must be a quoted two-digit string, got {show(value)}",
+                          'write it quoted, e.g. team_id: "07" (unquoted, YAML reads 010 as 8)')
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _display_name(cls, value: Any) -> Any:
+        name = "" if value is None else str(value).strip()
+        if not name.isprintable():
+            bad = next(c for c in name if not c.isprintable())
+            raise invalid(f"holds the unprintable character {ascii(bad)[1:-1]} in {show(name)}",
+                          "use plain printable text on one line (no control, format or surrogate characters)")
+        if len(name) > MAX_NAME_CHARS:
+            raise invalid(f"is {len(name)} characters long, over the {MAX_NAME_CHARS}-character limit for a "
+                          "display name", "shorten it to the method's name")
+        return name
+
+    @field_validator("data_range")
+    @classmethod
+    def _known_range(cls, value: float) -> float:
+        if value not in VALID_DATA_RANGES:
+            raise invalid(f"must be 1.0 or 255.0, got {show(value)}",
+                          "declare the input range the network was trained with: 1.0 or 255.0")
+        return value
+
+    @field_validator("scale")
+    @classmethod
+    def _allowed_scale(cls, value: int) -> int:
+        if value not in ALLOWED_SCALES:
+            raise invalid(f"must be one of {', '.join(map(str, ALLOWED_SCALES))}, got {value}",
+                          "declare the factor the network upscales by, a whole number (NTIRE ESR is x4)")
+        return value
+
+    def adapter_spec(self) -> AdapterSpec:
+        entry = self.adapter or AdapterEntry()
+        tile = entry.tile
+        return AdapterSpec(entry.pad_to_multiple, tile.size if tile else None, tile.overlap if tile else 0)
 
 
 @dataclass(frozen=True)
@@ -222,47 +348,6 @@ class Submission:
         return False if self.checkpoint is None else self.checkpoint.trusted_pickle
 
 
-def _did_you_mean(word: str, choices: set[str] | list[str]) -> str:
-    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(sorted(choices))}"
-
-
-def _check_keys(sid: str, where: str, data: Mapping, allowed: set[str]) -> None:
-    for key in data:
-        if key not in allowed:
-            raise SubmissionError(sid, f"{where}{printable(str(key), 40)}", "unknown key",
-                                  f"remove it or rename it ({_did_you_mean(str(key), allowed)})")
-
-
-def _require(sid: str, data: Mapping, key: str, where: str = "") -> Any:
-    if key not in data or data[key] is None:
-        raise SubmissionError(sid, f"{where}{key}", "missing",
-                              f"add `{key}:` to the manifest (see README, 'Submission manifests')")
-    return data[key]
-
-
-def _as_bool(sid: str, name: str, value: Any, default: bool) -> bool:
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise SubmissionError(sid, name, f"must be true or false, got {_show(value)}",
-                              f"write `{name.rsplit('.', 1)[-1]}: true` or `false`")
-    return value
-
-
-def _positive_int(sid: str, name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise SubmissionError(sid, name, f"must be a positive integer, got {_show(value)}",
-                              "give a whole number such as 16")
-    return value
-
-
-def _string(sid: str, name: str, value: Any, example: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise SubmissionError(sid, name, f"must be a non-empty string, got {_show(value)}", f"write {example}")
-    return value
-
-
 def _check_strings(sid: str, value: Any, where: str = "") -> None:
     """Every string of the document, keys included: no surrogate, no control character (tab and
     newline allowed in the free-text ``weights`` only), at most MAX_TEXT_CHARS. Refused, not rewritten."""
@@ -284,7 +369,7 @@ def _check_strings(sid: str, value: Any, where: str = "") -> None:
     if bad is not None:
         kind = "a surrogate" if unicodedata.category(bad) == "Cs" else "a control character"
         raise SubmissionError(sid, field_name,
-                              f"holds {kind} ({ascii(bad)[1:-1]}) in {_show(value)}; such text cannot be "
+                              f"holds {kind} ({ascii(bad)[1:-1]}) in {show(value)}; such text cannot be "
                               "stored in the result tables or shown safely",
                               "remove the character (write plain UTF-8 text, no \\u escapes of surrogates "
                               "or control characters)")
@@ -348,114 +433,8 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def _inside_root(sid: str, field_name: str, relative: str) -> str:
-    """Manifest paths stay under the submissions root: no absolute paths, no '..' out of it."""
-    normal = os.path.normpath(relative)
-    if os.path.isabs(relative) or normal == ".." or normal.startswith(".." + os.sep):
-        raise SubmissionError(sid, field_name, f"{printable(relative)} points outside the submissions root",
-                              "give a path relative to --root without '..' (manifests are untrusted input)")
-    return relative
-
-
-def _parse_model(sid: str, root: Path, raw: Any, check_files: bool) -> ModelSpec:
-    if not isinstance(raw, dict):
-        raise SubmissionError(sid, "model", "must be a mapping with `file` and `class`",
-                              "write `model: {file: models/teamNN_Name.py, class: ClassName}`")
-    _check_keys(sid, "model.", raw, _MODEL_KEYS)
-    file = _string(sid, "model.file", _require(sid, raw, "file", "model."), "`file: models/teamNN_Name.py`")
-    file = _inside_root(sid, "model.file", file)
-    class_name = _require(sid, raw, "class", "model.")
-    if not isinstance(class_name, str) or not class_name.isidentifier():
-        raise SubmissionError(sid, "model.class", f"must be a Python class name, got {_show(class_name)}",
-                              "write the name of the network class defined in model.file, e.g. `class: RLFN_Prune`")
-    args = raw.get("args") or []
-    kwargs = raw.get("kwargs") or {}
-    if not isinstance(args, list):
-        raise SubmissionError(sid, "model.args", f"must be a list, got {type(args).__name__}",
-                              "write `args: [48, 4]`")
-    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
-        raise SubmissionError(sid, "model.kwargs", f"must be a mapping with names as keys, got {_show(kwargs)}",
-                              "write `kwargs: {upscale: 4}`")
-    if check_files and not (root / file).is_file():
-        raise SubmissionError(sid, "model.file", f"{printable(file)} not found under {root}",
-                              "point `model.file` at the team's .py file relative to the submissions root (--root)")
-    return ModelSpec(file=file, class_name=class_name, args=tuple(args), kwargs=dict(kwargs))
-
-
-def _parse_checkpoint(sid: str, root: Path, raw: Any, check_files: bool) -> CheckpointSpec | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        raise SubmissionError(sid, "checkpoint", "must be a mapping with at least `path`",
-                              "write `checkpoint: {path: model_zoo/teamNN_name.pth}` or omit it for a parameter-free model")
-    _check_keys(sid, "checkpoint.", raw, _CHECKPOINT_KEYS)
-    path = _string(sid, "checkpoint.path", _require(sid, raw, "path", "checkpoint."),
-                   "`path: model_zoo/teamNN_Name.pth`")
-    path = _inside_root(sid, "checkpoint.path", path)
-    if check_files and not (root / path).is_file():
-        raise SubmissionError(sid, "checkpoint.path", f"{printable(path)} not found under {root}",
-                              "put the checkpoint there or correct the path (relative to --root)")
-    key = raw.get("key")
-    if key is not None and (not isinstance(key, str) or not key.strip("|.")):
-        raise SubmissionError(sid, "checkpoint.key", f"must be a string such as 'params', got {_show(key)}",
-                              "use 'params', 'params_ema', 'params_ema|params', a nested 'a.b', or omit it for a root state dict")
-    sha = raw.get("sha256")
-    if sha is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", str(sha)):
-        raise SubmissionError(sid, "checkpoint.sha256", "must be 64 hexadecimal characters",
-                              "write the output of `sha256sum <checkpoint>` or omit the field")
-    return CheckpointSpec(
-        path=path,
-        key=key or None,
-        sha256=None if sha is None else str(sha).lower(),
-        strict=_as_bool(sid, "checkpoint.strict", raw.get("strict"), True),
-        trusted_pickle=_as_bool(sid, "checkpoint.trusted_pickle", raw.get("trusted_pickle"), False),
-    )
-
-
-def _parse_adapter(sid: str, raw: Any) -> AdapterSpec:
-    if raw is None:
-        return AdapterSpec()
-    if not isinstance(raw, dict):
-        raise SubmissionError(sid, "adapter", "must be a mapping",
-                              "write `adapter: {pad_to_multiple: 16}` or omit it")
-    _check_keys(sid, "adapter.", raw, _ADAPTER_KEYS)
-    pad = raw.get("pad_to_multiple")
-    pad = None if pad is None else _positive_int(sid, "adapter.pad_to_multiple", pad)
-    tile = raw.get("tile")
-    if tile is None:
-        return AdapterSpec(pad_to_multiple=pad)
-    if not isinstance(tile, dict):
-        raise SubmissionError(sid, "adapter.tile", "must be a mapping",
-                              "write `tile: {size: 256, overlap: 16}`")
-    _check_keys(sid, "adapter.tile.", tile, _TILE_KEYS)
-    size = _positive_int(sid, "adapter.tile.size", _require(sid, tile, "size", "adapter.tile."))
-    overlap = tile.get("overlap", 0)
-    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < size:
-        raise SubmissionError(sid, "adapter.tile.overlap", f"must be an integer in [0, size), got {_show(overlap)}",
-                              "choose an overlap smaller than the tile size")
-    return AdapterSpec(pad_to_multiple=pad, tile_size=size, tile_overlap=overlap)
-
-
-def _display_name(sid: str, value: Any) -> str:
-    """``name``: a printable single line of at most MAX_NAME_CHARS (refused otherwise); absent = the id."""
-    if value is None or value == "":
-        return sid
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise SubmissionError(sid, "name", f"must be a short text, got {_show(value)}",
-                              "write the method's name, e.g. `name: RLFN`")
-    name = str(value).strip()
-    if not name.isprintable():
-        bad = next(c for c in name if not c.isprintable())
-        raise SubmissionError(sid, "name", f"holds the unprintable character {ascii(bad)[1:-1]} in {_show(name)}",
-                              "use plain printable text on one line (no control, format or surrogate characters)")
-    if len(name) > MAX_NAME_CHARS:
-        raise SubmissionError(sid, "name", f"is {len(name)} characters long, over the {MAX_NAME_CHARS}-character limit "
-                                           "for a display name", "shorten it to the method's name")
-    return name or sid
-
-
 def parse_manifest(path: Path, root: Path, check_files: bool = True) -> Submission:
-    """Read and validate one manifest; raises :class:`SubmissionError`."""
+    """Read and validate one manifest; raises :class:`SubmissionError` listing every problem."""
     path = Path(path)
     root = Path(root).resolve()
     sid, problem = submission_id_for(path)
@@ -464,46 +443,32 @@ def parse_manifest(path: Path, root: Path, check_files: bool = True) -> Submissi
                               "rename the file to a short printable id such as team07_Name.yaml")
     raw, data = _read_mapping(path, sid)
     _check_strings(sid, raw)
-    _check_keys(sid, "", raw, _TOP_KEYS)
-
-    team_id = _require(sid, raw, "team_id")
-    if not isinstance(team_id, str) or not re.fullmatch(r"[0-9]{2}", team_id):
-        raise SubmissionError(sid, "team_id", f"must be a quoted two-digit string, got {_show(team_id)}",
-                              'write it quoted, e.g. team_id: "07" (unquoted, YAML reads 010 as 8)')
-    name = _display_name(sid, raw.get("name"))
-
-    data_range = raw.get("data_range", 1.0)
-    if isinstance(data_range, bool) or data_range not in VALID_DATA_RANGES:
-        raise SubmissionError(sid, "data_range", f"must be 1.0 or 255.0, got {_show(data_range)}",
-                              "declare the input range the network was trained with: 1.0 or 255.0")
-    scale = _positive_int(sid, "scale", raw.get("scale", 4))
-    if scale not in ALLOWED_SCALES:
-        raise SubmissionError(sid, "scale", f"must be one of {', '.join(map(str, ALLOWED_SCALES))}, got {scale}",
-                              "declare the factor the network upscales by (NTIRE ESR is x4)")
-    requirements = raw.get("requirements") or []
-    if not isinstance(requirements, list) or not all(isinstance(r, str) for r in requirements):
-        raise SubmissionError(sid, "requirements", "must be a list of pip requirement strings",
-                              "write `requirements: [einops, timm==0.9.2]`")
-    weights = raw.get("weights") or ""
-    if not isinstance(weights, (str, int, float)):
-        raise SubmissionError(sid, "weights", f"must be a text, got {_show(weights)}",
-                              'write one line such as `weights: "trained on DIV2K, 1000k iterations"`')
-
+    try:
+        document = ManifestDocument.model_validate(raw, context={"root": root, "check_files": check_files})
+    except ValidationError as exc:
+        raise SubmissionError.listing(sid, problems(exc, ManifestDocument, _README)) from None
     return Submission(
         submission_id=sid,
-        team_id=team_id,
-        name=name,
+        team_id=document.team_id,
+        name=document.name or sid,
         root=root,
         manifest_path=path.resolve(),
         manifest_sha256=hashlib.sha256(data).hexdigest(),
-        model=_parse_model(sid, root, _require(sid, raw, "model"), check_files),
-        checkpoint=_parse_checkpoint(sid, root, raw.get("checkpoint"), check_files),
-        data_range=float(data_range),
-        scale=scale,
-        adapter=_parse_adapter(sid, raw.get("adapter")),
-        requirements=tuple(requirements),
-        weights=str(weights),
+        model=document.model,
+        checkpoint=document.checkpoint,
+        data_range=float(document.data_range),
+        scale=document.scale,
+        adapter=document.adapter_spec(),
+        requirements=document.requirements,
+        weights=str(document.weights or ""),
     )
+
+
+def json_schema_text() -> str:
+    """The JSON Schema of a manifest (``docs/manifest.schema.json``), for editors' completion and checks."""
+    schema = ManifestDocument.model_json_schema(by_alias=True)
+    schema["title"] = "esr-eval submission manifest"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
 
 
 def manifest_paths(manifests_dir: Path) -> list[Path]:
@@ -595,6 +560,6 @@ def select(submissions: list[Submission], wanted: list[str] | tuple[str, ...]) -
         if not matches:
             names = {s.submission_id for s in submissions}
             raise SubmissionError(token, "(selection)", "no such submission",
-                                  f"{_did_you_mean(token, names)}; `esr-eval ls` lists them")
+                                  f"{did_you_mean(token, names)}; `esr-eval ls` lists them")
         chosen.extend(m for m in matches if m not in chosen)
     return chosen

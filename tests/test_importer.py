@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from esr_eval.importer import NtireImportError, import_ntire, translate_test_demo
+from esr_eval.manifest import parse_manifest
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ntire_repo"
 FIXTURE_SOURCE = (FIXTURE / "test_demo.py").read_text(encoding="utf-8").splitlines()
@@ -121,6 +122,20 @@ def test_manifest_fields_read_back(imported, submission_id):
     assert manifest.get("adapter", {}).get("pad_to_multiple") == expected["pad"]
     assert manifest["requirements"] == []
     assert f"model_id {expected['model_id']}" in manifest["weights"]
+
+
+@pytest.mark.parametrize("checksum", [False, True])
+def test_every_written_manifest_parses_with_the_manifest_parser(tmp_path, checksum):
+    checkout = copy_fixture(tmp_path)
+    report = import_ntire(checkout, tmp_path / "out", checksum=checksum)
+    assert report.written
+    for branch, path in zip(report.translated, report.written):
+        submission = parse_manifest(path, checkout)
+        assert submission.submission_id == branch.submission_id
+        assert submission.model == branch.document.model
+        assert submission.checkpoint == branch.checkpoint
+        assert (submission.data_range, submission.adapter.pad_to_multiple) == (
+            branch.data_range, branch.pad_to_multiple)
 
 
 def test_untranslatable_branches_are_reported_with_line_and_reason(imported):
@@ -250,6 +265,19 @@ def test_untranslatable_patterns_name_the_reason(tmp_path, lines, reason):
     branch = only_branch(tmp_path)
     assert branch.line == 7 and branch.model_ids == (0,)
     assert reason in branch.reason
+
+
+@pytest.mark.parametrize("lines, reason", [
+    ("m = importlib.import_module('models.team00_Net')\nmodel = getattr(m, 'Net-2')()",
+     "model.class must be a Python class name"),
+    ("model = Net()\nname = 'N' * 81", "name is 81 characters long"),
+    ("model = Net()\nname = 'N' * 75", "the file stem (the submission id) is 82 characters"),
+])
+def test_values_the_manifest_model_refuses_are_not_written(tmp_path, lines, reason):
+    write_demo(tmp_path, BRANCH_HEAD + textwrap.indent(lines, "    "))
+    branch = only_branch(tmp_path)
+    assert branch.model_ids == (0,)
+    assert "the manifest would not validate" in branch.reason and reason in branch.reason
 
 
 def test_shared_branch_duplicate_ids_and_padding_modes(tmp_path):

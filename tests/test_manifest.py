@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -141,3 +143,22 @@ def test_paths_must_stay_under_the_root(factory, field, value):
     path = _rewrite(factory.make(), **{field: value})
     with pytest.raises(SubmissionError, match="points outside the submissions root"):
         parse_manifest(path, factory.root)
+
+
+def test_json_schema_in_docs_is_current():
+    from esr_eval.manifest import json_schema_text
+
+    committed = Path(__file__).resolve().parents[1] / "docs" / "manifest.schema.json"
+    assert committed.read_text() == json_schema_text(), (
+        "regenerate: python -c 'from esr_eval.manifest import json_schema_text; "
+        "print(json_schema_text(), end=\"\")' > docs/manifest.schema.json")
+
+
+def test_every_problem_is_reported_at_once(factory):
+    path = _rewrite(factory.make(checkpoint_extra={"strcit": False}), team_id=7, scale=16, data_rnage=1.0)
+    with pytest.raises(SubmissionError) as info:
+        parse_manifest(path, factory.root)
+    fields = [p.field for p in info.value.problems]
+    assert sorted(fields) == ["checkpoint.strcit", "data_rnage", "scale", "team_id"]
+    assert info.value.field_name == fields[0] and str(info.value).count(". Fix: ") == 4
+    assert "did you mean 'strict'" in str(info.value) and "did you mean 'data_range'" in str(info.value)
