@@ -9,33 +9,38 @@ shipped submissions on the embedded split on CPU. Mistakes in the command line e
 ``error:`` line naming the fix and exit status 2, before any run folder is created.
 Results stream into ``<root>/results/<run_id>/`` (Parquet); re-running with the same
 ``--run-id`` resumes. See README, "Running on a cluster".
+
+The options it shares with ``esr-eval evaluate`` (the submissions, ``--root``, ``--manifests``,
+the measurement, ``--baseline``) and their defaults are declared in :mod:`esr_eval.cli`; this
+script adds only its own (the device plan, Ray, the actors' clocks, the closing ranking). The
+root defaults to the current folder, or ``~/esr-eval`` from the home folder ``ray submit`` runs in
+(:func:`esr_eval.cli.default_root`).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from esr_eval.cli import add_run_args, prepare_run, print_rankings, print_run_summary, ranking_protocol
+from esr_eval.cli import (
+    add_baseline_arg,
+    add_run_args,
+    add_submission_args,
+    parse,
+    prepare_run,
+    print_rankings,
+    print_run_summary,
+    ranking_protocol,
+)
 
-HERE = Path(__file__).resolve().parent
 
-
-def default_root() -> Path:
-    """The repo this script sits in; on a cluster head (`ray submit` copies the script) ~/esr-eval."""
-    if (HERE / "model_zoo").is_dir():
-        return HERE
-    return Path(os.environ.get("ESR_EVAL_ROOT", Path.home() / "esr-eval"))
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The shared options from :mod:`esr_eval.cli`, then this script's own."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("ids", nargs="*", help="submission ids, team ids or names (default: all)")
-    parser.add_argument("--root", type=Path, default=None, help="submissions root (default: this repo, or ~/esr-eval)")
-    parser.add_argument("--manifests", type=Path, default=None, help="manifest folder (default: <root>/model_zoo)")
+    add_submission_args(parser)
     add_run_args(parser)
+    add_baseline_arg(parser)
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
                         help="auto: a GPU run when the cluster has or declares GPUs (--min-gpus), else CPU; "
                              "cuda: a GPU run; cpu: time on CPUs even where GPUs exist")
@@ -60,14 +65,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rank", default="auto",
                         help="ranking protocol for the closing ranking and report (default auto: demo for the "
                              "embedded split, else ntire2026); 'none' skips them")
-    parser.add_argument("--baseline", default=None, metavar="SUBMISSION_ID",
-                        help="the ranking's baseline submission, named explicitly (default: found by the rules' "
-                             "baseline identity); still verified against the published complexity")
-    args = parser.parse_args(argv)
-    args.root = args.root or default_root()
-    if args.results == Path("results"):
-        args.results = args.root / "results"
-    return args
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return parse(build_parser(), argv)
 
 
 class UsageError(ValueError):
@@ -126,9 +128,11 @@ def measure(args: argparse.Namespace) -> tuple[Path, dict]:
     """Validate, connect, plan the device, then run; returns (run folder, statuses)."""
     import dataclasses
 
+    from esr_eval.data import recheck_splits
     from esr_eval.driver import DriverOptions, run_distributed
     from esr_eval.nodes import apply_ray_env, choose_address, connect
-    from esr_eval.run import RunFolder, new_run_id, recheck_splits, run_metadata
+    from esr_eval.provenance import run_metadata
+    from esr_eval.run import RunFolder, new_run_id
     from esr_eval.scheduling import expected_seconds
 
     check_usage(args)

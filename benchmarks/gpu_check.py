@@ -54,8 +54,14 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from esr_eval.adapter import ForwardAdapter  # noqa: E402
 from esr_eval.data import (  # noqa: E402
-    Split, default_cache_dir, embedded_source_paths, matlab_imresize, official_split, read_image_rgb,
-    validate_split)
+    Split,
+    default_cache_dir,
+    embedded_source_paths,
+    matlab_imresize,
+    official_split,
+    read_image_rgb,
+    validate_split,
+)
 from esr_eval.loading import load_submission  # noqa: E402
 from esr_eval.manifest import Submission, parse_manifest  # noqa: E402
 from esr_eval.provenance import device_facts, environment  # noqa: E402

@@ -8,7 +8,7 @@ Contract
   does), runs one untimed forward over the hygiene images (evaluation reaches hygiene after the
   timed inference, so the model is warm), and then calls
   ``esr_eval.hygiene.check_hygiene(adapter, pairs, device)`` exactly as
-  ``esr_eval.evaluate._hygiene_fields`` does: on the first ``HYGIENE_IMAGES`` pairs of the
+  ``esr_eval.evaluate.hygiene_fields`` does: on the first ``HYGIENE_IMAGES`` pairs of the
   embedded split, decoded with ``load_pair``. The runs of all submissions are interleaved in an order
   shuffled with ``--seed``, so drift of the machine's load spreads over every submission.
 - Background load: before the first run the script starts ``--load-procs`` processes (default

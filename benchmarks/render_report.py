@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from esr_eval.cli import ranking_protocol  # noqa: E402
 from esr_eval.report import write_report  # noqa: E402
-from esr_eval.synthetic import write_synthetic_run  # noqa: E402
+from tests.support.synthetic import write_synthetic_run  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = (

@@ -52,9 +52,9 @@ import yaml
 
 from esr_eval.data import embedded_split
 from esr_eval.driver import DriverOptions, run_distributed
-from esr_eval.nodes import apply_ray_env
 from esr_eval.evaluate import EvaluationConfig
 from esr_eval.manifest import discover_all
+from esr_eval.nodes import apply_ray_env
 from esr_eval.provenance import cpu_model_name
 from esr_eval.run import RunFolder
 from esr_eval.scheduling import lower_bound, lpt_makespan, lpt_order

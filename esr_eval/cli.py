@@ -3,32 +3,64 @@
 Each subcommand is a thin layer over one library stage; a submission that fails is reported
 as a row with its error, never a crash of the whole command. Exit status is 0 when every
 selected submission succeeded, 1 otherwise, 2 for usage errors.
+
+The options that ``evaluate_all.py`` (the Ray entry point) shares with these commands are
+declared here once, each with one default: the submission selection and its folders
+(:func:`add_submission_args`), the measurement (:func:`add_run_args`) and the ranking's
+baseline (:func:`add_baseline_arg`); :func:`parse` fills in the defaults that depend on
+``--root`` (:func:`default_root`), for every command and for ``evaluate_all.py`` alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from esr_eval.manifest import Submission, SubmissionError, discover_all, printable, select
+from esr_eval.settings import DEFAULT_MEMORY_LIMIT_MB
 
 LS_MAX_CELL = 60      # `esr-eval ls`: characters per table cell (longer ones end in '…')
 LS_MAX_ERROR = 1000   # `esr-eval ls`: characters per error message
+ROOT_ENV = "ESR_EVAL_ROOT"  # a default submissions root (see default_root)
 
 
-def _add_submission_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("ids", nargs="*", help="submission ids, team ids or names (default: all)")
-    parser.add_argument("--root", type=Path, default=Path("."),
-                        help="submissions root holding models/ and model_zoo/ (default: .)")
+def default_root() -> Path:
+    """The submissions root when ``--root`` is not given: the current folder; where it holds no
+    ``model_zoo/``, ``$ESR_EVAL_ROOT`` or else ``~/esr-eval`` (where the cluster configs put the
+    repository, and where ``ray submit`` finds it from the home folder it runs in) if that holds one."""
+    fallbacks = [Path(os.environ[ROOT_ENV])] if os.environ.get(ROOT_ENV) else []
+    candidates = [Path("."), *fallbacks, Path.home() / "esr-eval"]
+    return next((path for path in candidates if (path / "model_zoo").is_dir()), Path("."))
+
+
+def add_submission_args(parser: argparse.ArgumentParser, *, ids: bool = True) -> None:
+    """The submission selection (``ids``, unless the command names one itself), ``--root`` and ``--manifests``."""
+    if ids:
+        parser.add_argument("ids", nargs="*", help="submission ids, team ids or names (default: all)")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="submissions root holding models/ and model_zoo/ (default: ., or where it holds no "
+                             f"model_zoo/: ${ROOT_ENV}, else ~/esr-eval, when that holds one)")
     parser.add_argument("--manifests", type=Path, default=None,
                         help="folder searched recursively for manifests (default: <root>/model_zoo)")
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``, then fill in the defaults that depend on the root: ``--root``
+    (:func:`default_root`), ``--manifests`` (``<root>/model_zoo``), ``--results`` (``<root>/results``)."""
+    args = parser.parse_args(argv)
+    if "root" in args:
+        args.root = default_root() if args.root is None else args.root
+        args.manifests = args.root / "model_zoo" if args.manifests is None else args.manifests
+    if "results" in args and args.results is None:
+        args.results = args.root / "results"
+    return args
+
+
 def selected_submissions(args) -> tuple[list[Submission], list[SubmissionError]]:
     """Selected valid submissions, and the selected manifests that failed validation."""
-    manifests = args.manifests if args.manifests is not None else args.root / "model_zoo"
-    subs, errors = discover_all(manifests, args.root)
+    subs, errors = discover_all(args.manifests, args.root)
     if args.ids:
         known = {e.submission_id for e in errors}
         wanted = [t for t in args.ids if t not in known]
@@ -89,7 +121,8 @@ def cmd_summary(args) -> int:
             continue
         rows.append([
             sub.submission_id,
-            f"{c.params:,}" + ("" if c.params == c.params_before_forward else f" (before: {c.params_before_forward:,})"),
+            f"{c.params:,}"
+            + ("" if c.params == c.params_before_forward else f" (before: {c.params_before_forward:,})"),
             f"{c.flops_fvcore:,}",
             f"{c.flops_hook_2022:,}",
             f"{c.flops_audit:,}" + (" FLAG" if c.audit_flag else ""),
@@ -106,9 +139,10 @@ def cmd_summary(args) -> int:
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
-    """Options shared by `esr-eval evaluate` and evaluate_all.py (data, protocol, output)."""
+    """The measurement's options (data, timing, sandbox, output), shared by `esr-eval evaluate` and evaluate_all.py."""
     parser.add_argument("--data", type=Path, default=None,
-                        help="folder with official-layout splits <split>_HR/ and <split>_LR/ (default: the embedded split)")
+                        help="folder with official-layout splits <split>_HR/ and <split>_LR/ "
+                             "(default: the embedded split)")
     parser.add_argument("--split", action="append", default=None,
                         help="split name under --data, e.g. DIV2K_LSDIR_valid (repeatable; default: all found)")
     parser.add_argument("--pair", nargs=3, action="append", metavar=("NAME", "HR_DIR", "LR_DIR"),
@@ -118,14 +152,15 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=None, help="override the protocol's warm-up passes")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (fixed and recorded)")
     parser.add_argument("--no-hygiene", action="store_true", help="skip the hygiene checks")
-    parser.add_argument("--memory-limit-mb", type=int, default=16384,
-                        help="host memory one submission may use (RLIMIT_DATA, default 16384); 0: no limit")
+    parser.add_argument("--memory-limit-mb", type=int, default=DEFAULT_MEMORY_LIMIT_MB,
+                        help=f"host memory one submission may use (RLIMIT_DATA, default {DEFAULT_MEMORY_LIMIT_MB}); "
+                             "0: no limit")
     parser.add_argument("--no-landlock", action="store_true",
                         help="do not restrict the sandbox with Landlock (only where it gets in the way, e.g. a GPU "
                              "driver that needs other files; recorded in every row's `sandbox` column)")
     parser.add_argument("--ssim", action="store_true",
                         help="also compute SSIM and SSIM-Y (off by default, as in the official script)")
-    parser.add_argument("--results", type=Path, default=Path("results"), help="results root (default results/)")
+    parser.add_argument("--results", type=Path, default=None, help="results root (default: <root>/results)")
     parser.add_argument("--run-id", default=None, help="run id; an existing one is resumed")
 
 
@@ -140,8 +175,8 @@ def print_run_summary(run_dir: Path) -> None:
 
 def prepare_run(args):
     """(submissions, manifest errors, splits, evaluation config) of a run, all validated before any model runs."""
+    from esr_eval.data import resolve_splits
     from esr_eval.evaluate import EvaluationConfig
-    from esr_eval.run import resolve_splits
     from esr_eval.timing import get_protocol
 
     subs, manifest_errors = selected_submissions(args)
@@ -154,8 +189,10 @@ def prepare_run(args):
 
 
 def cmd_evaluate(args) -> int:
+    from esr_eval.data import recheck_splits
     from esr_eval.evaluate import evaluate_submission, manifest_failure
-    from esr_eval.run import RunFolder, fingerprint, new_run_id, recheck_splits, run_metadata
+    from esr_eval.provenance import run_metadata
+    from esr_eval.run import RunFolder, fingerprint, new_run_id
 
     subs, manifest_errors, splits, config = prepare_run(args)
     protocol = config.protocol
@@ -252,7 +289,8 @@ def cmd_rank(args) -> int:
     rankings = rank_run(args.run, protocol)
     print_rankings(rankings, protocol)
     print(f"\nbaseline: {baseline_summary(rankings)}")
-    print(f"written: {args.run / 'rankings'} (run_integrity {rankings['run_integrity'].iloc[0] if len(rankings) else '?'})")
+    integrity_column = rankings["run_integrity"].iloc[0] if len(rankings) else "?"
+    print(f"written: {args.run / 'rankings'} (run_integrity {integrity_column})")
     print("\n".join(integrity.lines()))
     return 1 if integrity.tampered or integrity.split_changed else 0
 
@@ -270,6 +308,17 @@ def cmd_report(args) -> int:
     return 1 if integrity.tampered or integrity.split_changed else 0
 
 
+def add_baseline_arg(parser: argparse.ArgumentParser) -> None:
+    """``--baseline``: the ranking's baseline named explicitly (`esr-eval rank/report`, evaluate_all.py)."""
+    parser.add_argument("--baseline", default=None, metavar="SUBMISSION_ID",
+                        help="the ranking's baseline submission, named explicitly (default: found by the rules' "
+                             "baseline identity); still verified against the published complexity")
+
+
+def _add_device_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+
+
 def _add_ranking_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", type=Path, help="run folder, e.g. results/<run_id>")
     parser.add_argument("--protocol", default="auto",
@@ -278,9 +327,7 @@ def _add_ranking_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--valid-split", default=None, help="run split that stands for 'valid'")
     parser.add_argument("--test-split", default=None, help="run split that stands for 'test'")
     parser.add_argument("--resamples", type=int, default=None, help="bootstrap resamples for the intervals")
-    parser.add_argument("--baseline", default=None, metavar="SUBMISSION_ID",
-                        help="the baseline submission, named explicitly (default: found by the protocol's "
-                             "baseline identity); still verified against the published complexity")
+    add_baseline_arg(parser)
     parser.add_argument("--accept-baseline-mismatch", action="store_true",
                         help="take the --baseline submission even when its complexity is not the published "
                              "baseline's (recorded in the rankings)")
@@ -289,9 +336,8 @@ def _add_ranking_args(parser: argparse.ArgumentParser) -> None:
 def cmd_check(args) -> int:
     from esr_eval.check import check_submission, find_manifest
 
-    manifests = args.manifests if args.manifests is not None else args.root / "model_zoo"
     limits = {} if args.timeout is None else {"timeout_s": args.timeout}
-    report = check_submission(find_manifest(args.submission, manifests), args.root, device=args.device, **limits)
+    report = check_submission(find_manifest(args.submission, args.manifests), args.root, device=args.device, **limits)
     print(report.render())
     return 0 if report.ok else 1
 
@@ -301,38 +347,39 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     ls = commands.add_parser("ls", help="list the discovered submissions")
-    _add_submission_args(ls)
+    add_submission_args(ls)
     ls.set_defaults(func=cmd_ls)
 
     summary = commands.add_parser("summary", help="complexity by the official definitions, with the audit")
-    _add_submission_args(summary)
+    add_submission_args(summary)
     summary.add_argument("--input", type=_parse_shape, default=(1, 3, 256, 256),
                          help="input shape NxCxHxW (default 1x3x256x256)")
-    summary.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    _add_device_arg(summary)
     summary.set_defaults(func=cmd_summary)
 
     evaluate = commands.add_parser("evaluate", help="evaluate submissions in this process on one device")
-    _add_submission_args(evaluate)
+    add_submission_args(evaluate)
     add_run_args(evaluate)
-    evaluate.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    _add_device_arg(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
     check = commands.add_parser("check", help="pre-flight one submission: manifest, import, load, forward, "
                                                "complexity, hygiene, PSNR vs bicubic (exit 1 on a failure)")
     check.add_argument("submission", help="a manifest path, or a submission id looked up under --manifests")
-    check.add_argument("--root", type=Path, default=Path("."),
-                       help="submissions root holding models/ and model_zoo/ (default: .)")
-    check.add_argument("--manifests", type=Path, default=None,
-                       help="folder searched for the submission id (default: <root>/model_zoo)")
-    check.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_submission_args(check, ids=False)
+    _add_device_arg(check)
     check.add_argument("--timeout", type=float, default=None,
-                       help="seconds each check may take (default: esr_eval.check.DEFAULT_TIMEOUT_S)")
+                       help="seconds the submission's process may take to answer any one request "
+                            "(a call, the load, the counts; default: esr_eval.check.DEFAULT_TIMEOUT_S)")
     check.set_defaults(func=cmd_check)
 
-    importer = commands.add_parser("import-ntire", help="write manifests from an NTIRE-style test_demo.py (parsed, never run)")
-    importer.add_argument("checkout", type=Path, help="the NTIRE-style repository (holds test_demo.py, models/, model_zoo/)")
+    importer = commands.add_parser("import-ntire",
+                                   help="write manifests from an NTIRE-style test_demo.py (parsed, never run)")
+    importer.add_argument("checkout", type=Path,
+                          help="the NTIRE-style repository (holds test_demo.py, models/, model_zoo/)")
     importer.add_argument("--out", type=Path, required=True, help="folder for the generated manifests")
-    importer.add_argument("--test-demo", default="test_demo.py", help="file holding select_model (default test_demo.py)")
+    importer.add_argument("--test-demo", default="test_demo.py",
+                          help="file holding select_model (default test_demo.py)")
     importer.add_argument("--checksum", action="store_true", help="record each checkpoint's sha256 in its manifest")
     importer.set_defaults(func=cmd_import_ntire)
 
@@ -348,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     try:
         return args.func(args)
     except (SubmissionError, FileNotFoundError, ValueError, RuntimeError) as exc:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
 import resource
 from dataclasses import dataclass, field
 from typing import Iterator

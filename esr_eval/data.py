@@ -11,6 +11,8 @@ Contract
 - Every problem with the data on disk raises ``SplitError`` naming the file(s) and the fix.
 - ``embedded_split`` builds a small default split from photographs shipped inside scikit-image,
   cached on disk and created atomically, so a fresh install can run end to end without data.
+- ``resolve_splits`` is what a run evaluates (given folders, or the embedded split), every file
+  decoded once before any model runs; ``recheck_splits`` re-hashes them at the end of a run.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ import importlib.util
 import math
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from esr_eval.hashing import file_sha256
 
 EMBEDDED_PHOTOS: tuple[str, ...] = (
     "astronaut.png",
@@ -42,7 +47,6 @@ CACHE_ENV_VAR = "ESR_EVAL_CACHE"
 
 _CUBIC_SUPPORT_PX = 4.0
 _DECODABLE_PIL_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA"})
-_HASH_CHUNK_BYTES = 1 << 20
 
 
 class SplitError(ValueError):
@@ -75,17 +79,9 @@ class Split:
         """
         digest = hashlib.sha256()
         for pair in sorted(self.pairs, key=lambda p: p.name):
-            line = f"{pair.name}\t{_file_sha256(pair.hr_path)}\t{_file_sha256(pair.lr_path)}\n"
+            line = f"{pair.name}\t{file_sha256(pair.hr_path)}\t{file_sha256(pair.lr_path)}\n"
             digest.update(line.encode("utf-8"))
         return digest.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(_HASH_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- MATLAB imresize -----------------------------------------------------------------------
@@ -379,3 +375,42 @@ def embedded_split(cache_dir: Path | None = None) -> Split:
         return official_split(split_root, EMBEDDED_SPLIT_NAME, EMBEDDED_SCALE)
     except SplitError as error:
         raise SplitError(f"{error}; delete {split_root} to rebuild the embedded split") from error
+
+
+def resolve_splits(data_root: Path | None, names: list[str] | None, pairs: list[tuple[str, str, str]] | None,
+                   scale: int = 4) -> list[Split]:
+    """The splits to evaluate, all decoded once here so bad files fail before any model runs.
+
+    No data root and no pairs → the embedded default split.
+    """
+    splits: list[Split] = []
+    if data_root is not None:
+        if names:
+            splits += [official_split(Path(data_root), name, scale) for name in names]
+        else:
+            splits += list(discover_splits(Path(data_root), scale))
+    for name, hr_dir, lr_dir in pairs or []:
+        splits.append(folder_split(name, Path(hr_dir), Path(lr_dir), scale))
+    if not splits:
+        splits = [embedded_split()]
+    for split in splits:
+        validate_split(split)
+    return splits
+
+
+def recheck_splits(splits: list[Split]) -> dict:
+    """Re-hash every split's files now and compare with the digest taken at the start of the run.
+
+    ``Split.sha256`` is cached on the instance, so each split is re-hashed through a fresh ``Split``
+    of the same pairs (same definition). Returns ``run.json``'s ``splits_verified_at_end``:
+    ``checked_at_unix_s``, ``ok`` and ``changed`` (name, sha256_start, sha256_end or the error).
+    """
+    changed = []
+    for split in splits:
+        try:
+            now, error = Split(split.name, split.scale, split.pairs).sha256, None
+        except OSError as exc:
+            now, error = None, f"{type(exc).__name__}: {exc}"
+        if now != split.sha256:
+            changed.append({"name": split.name, "sha256_start": split.sha256, "sha256_end": now, "error": error})
+    return {"checked_at_unix_s": time.time(), "ok": not changed, "changed": changed}

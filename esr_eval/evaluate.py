@@ -4,7 +4,10 @@ Contract
 --------
 :func:`evaluate_submission` never raises for a fault of the submission: it returns an
 :class:`EvaluationResult` whose ``submission`` row has ``status="error"``, the stage, the
-message and the traceback.
+message and the traceback. The stages (:func:`decode_split`, :func:`calibrate`,
+:func:`restrict_fields`, :func:`run_splits`, :func:`complexity_fields`, :func:`hygiene_fields`)
+and the wording of a failure (:func:`describe_failure`) are also what ``esr-eval check`` runs
+(:mod:`esr_eval.check`), so its verdicts read as this module's rows.
 
 Privilege separation: this process decodes the split (LR and HR), scores, counts and builds the
 rows; it never imports the submission's code. The submission runs in its own sandbox process
@@ -35,19 +38,20 @@ import os
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from esr_eval.complexity import BUFFER_SHARE, buffer_flag, complexity_from_reply, input_dependence_flag
+from esr_eval.complexity import BUFFER_SHARE, Complexity, buffer_flag, complexity_from_reply, input_dependence_flag
 from esr_eval.containment import contained
 from esr_eval.data import Split, embedded_split, load_pair
 from esr_eval.hygiene import check_hygiene
 from esr_eval.manifest import Submission, SubmissionError, printable
 from esr_eval.provenance import device_facts, facts_dict
 from esr_eval.quality import score
-from esr_eval.recount import check_trace, checkpoint_float_elements
 from esr_eval.records import EvaluationResult, SampleRow, SplitRow, SubmissionRow
+from esr_eval.recount import check_trace, checkpoint_float_elements
 from esr_eval.sandbox import RemoteAdapter, RemoteError, Sandbox, SandboxError, obtain, restrict, to_input
 from esr_eval.settings import EvaluationConfig  # noqa: F401 (defined there, torch-free; imported from here too)
 from esr_eval.timing import CallTiming, calibrate_overhead, external_check, summarize, time_split
@@ -59,11 +63,22 @@ _MIB = 2 ** 20
 
 
 class EvaluationError(Exception):
-    """A submission misbehaved during evaluation (wrong shape, NaN output, …)."""
+    """A submission misbehaved during evaluation (wrong shape, NaN output, …): the problem and its fix."""
 
-    def __init__(self, stage: str, message: str):
-        self.stage = stage
-        super().__init__(message)
+    def __init__(self, stage: str, problem: str, fix: str):
+        self.stage, self.problem, self.fix = stage, problem, fix
+        super().__init__(f"{problem}. Fix: {fix}")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A stage's failure in words for the team: the stage, the problem and its fix; ``raised`` when
+    the submission's code raised it (its traceback says where)."""
+
+    stage: str
+    problem: str
+    fix: str
+    raised: bool = False
 
 
 def manifest_fields(sub: Submission) -> dict:
@@ -84,7 +99,8 @@ def _checked_output(sr, where: str) -> np.ndarray:
 
 
 def _score_split(run_id: str, sub: Submission, split: Split, timed, hr_images, lr_shapes, config: EvaluationConfig,
-                 peaks: tuple[float | None, float | None], check, overhead_ms: np.ndarray) -> tuple[SplitRow, list[SampleRow]]:
+                 peaks: tuple[float | None, float | None], check,
+                 overhead_ms: np.ndarray) -> tuple[SplitRow, list[SampleRow]]:
     samples, per_image = [], []
     latency = check.bound_ms if check.tampered else timed.latency_ms
     for index, pair in enumerate(split.pairs):
@@ -92,9 +108,9 @@ def _score_split(run_id: str, sub: Submission, split: Split, timed, hr_images, l
         _checked_output(sr, f"{split.name}/{pair.name}")
         if sr.shape != hr.shape:
             raise EvaluationError("quality", f"{split.name}/{pair.name}: output {sr.shape[1]}x{sr.shape[0]} is not "
-                                             f"{sub.scale}x the input (expected {hr.shape[1]}x{hr.shape[0]}). "
-                                             "Fix: check `scale` in the manifest, or declare adapter.pad_to_multiple "
-                                             "if the model needs a multiple (the output is cropped back)")
+                                             f"{sub.scale}x the input (expected {hr.shape[1]}x{hr.shape[0]})",
+                                  "check `scale` in the manifest, or declare adapter.pad_to_multiple "
+                                  "if the model needs a multiple (the output is cropped back)")
         quality = score(sr, hr, sub.scale, with_ssim=config.ssim)
         per_image.append(quality)
         for repeat in range(timed.latency_ms.shape[0]):
@@ -127,7 +143,7 @@ def _score_split(run_id: str, sub: Submission, split: Split, timed, hr_images, l
     return row, samples
 
 
-def _decode_all(split: Split) -> list[tuple[np.ndarray, np.ndarray]]:
+def decode_split(split: Split) -> list[tuple[np.ndarray, np.ndarray]]:
     """Every (LR, HR) pair of the split, decoded once, in parallel threads (the PNG decoder
     releases the GIL); done before the sandbox starts, in this process only."""
     workers = max(1, min(DECODE_THREADS, os.cpu_count() or 1))
@@ -145,7 +161,7 @@ def _calls(sandbox: Sandbox, sub: Submission):
     return model, null
 
 
-def _calibrate(sandbox: Sandbox, sub: Submission, decoded_splits) -> list[np.ndarray]:
+def calibrate(sandbox: Sandbox, sub: Submission, decoded_splits) -> list[np.ndarray]:
     """The path's overhead per image of each split, measured before any submission code is loaded."""
     _, null = _calls(sandbox, sub)
     overheads = []
@@ -160,7 +176,7 @@ def _peak(sandbox: Sandbox) -> float | None:
     return float(value) if type(value) in (int, float) else None
 
 
-def _run_splits(run_id, sub, sandbox, splits, decoded_splits, overheads, config, device,
+def run_splits(run_id, sub, sandbox, splits, decoded_splits, overheads, config, device,
                 split_rows: list, sample_rows: list) -> np.ndarray:
     """Measure each split, appending rows as each completes (kept if a later split fails); returns
     the scored output of the first image of the first split."""
@@ -185,10 +201,11 @@ def _run_splits(run_id, sub, sandbox, splits, decoded_splits, overheads, config,
     return first
 
 
-def _complexity_fields(sandbox: Sandbox, sub, config, device, real_lr: np.ndarray, real_sr: np.ndarray) -> dict:
+def complexity_fields(sandbox: Sandbox, sub, config, device, real_lr: np.ndarray,
+                      real_sr: np.ndarray) -> tuple[Complexity, dict]:
     """The official counts as the sandbox reports them on the probe, checked here against a trace
     of the model on a real evaluation input (the first LR image of the first split, whose scored
-    output is ``real_sr``) and against the checkpoint."""
+    output is ``real_sr``) and against the checkpoint: (the counts, the row's fields)."""
     reply = sandbox.request("complexity", shape=list(config.complexity_input_shape), data_range=sub.data_range)
     c = complexity_from_reply(reply, None, config.complexity_input_shape)
     probe_px = reply.get("flops_audit_per_px_probe")
@@ -210,7 +227,7 @@ def _complexity_fields(sandbox: Sandbox, sub, config, device, real_lr: np.ndarra
         "params_not_in_checkpoint": in_checkpoint is not None and trace.float_elements is not None
         and trace.float_elements > (1 + BUFFER_SHARE) * in_checkpoint,
     }
-    return dict(
+    return c, dict(
         complexity_input_shape="x".join(map(str, c.input_shape)), params=c.params,
         flops_fvcore=c.flops_fvcore, flops_hook_2022=c.flops_hook_2022,
         flops_audit=c.flops_audit, flops_audit_ratio=c.audit_ratio, flops_audit_flag=c.audit_flag,
@@ -222,7 +239,7 @@ def _complexity_fields(sandbox: Sandbox, sub, config, device, real_lr: np.ndarra
         complexity_flags=",".join(name for name, hit in found.items() if hit) or None)
 
 
-def _hygiene_fields(adapter, device) -> dict:
+def hygiene_fields(adapter, device) -> dict:
     embedded = embedded_split()
     pairs = [load_pair(pair, embedded.scale) for pair in embedded.pairs[:HYGIENE_IMAGES]]
     report = check_hygiene(adapter, pairs, device)
@@ -242,36 +259,46 @@ _STAGE_FIXES = {
 }
 
 
-def _describe_failure(submission_id: str, stage: str, exc: BaseException,
-                      memory_limit_mb: int | None = None) -> tuple[str, str]:
-    """(stage, message) for an exception raised while evaluating a submission; what the sandbox
-    reported is quoted escaped and clipped (it is the submission's text)."""
+def describe_failure(stage: str, exc: BaseException, memory_limit_mb: int | None = None) -> Failure:
+    """The :class:`Failure` for an exception raised in ``stage`` while evaluating a submission;
+    what the sandbox reported is quoted escaped and clipped (it is the submission's text)."""
     if isinstance(exc, SubmissionError):
-        return exc.stage, str(exc)
+        return Failure(exc.stage, f"{exc.field_name}: {exc.problem}", exc.fix)
     if isinstance(exc, EvaluationError):
-        return exc.stage, f"[{submission_id}] {exc}"
+        return Failure(exc.stage, exc.problem, exc.fix)
     if isinstance(exc, RemoteError):
         said = printable(str(exc), MESSAGE_CHARS)
         if exc.stage:
-            return exc.stage, said
+            return Failure(exc.stage, printable(f"{exc.field_name}: {exc.problem}", MESSAGE_CHARS),
+                           printable(str(exc.fix), 500))
         if exc.type_name == "NonFiniteOutputError":
-            return stage, (f"[{submission_id}] the output contains NaN or Inf. Fix: check the declared data_range and "
-                           "the weights; the network is unstable on this input")
+            return Failure(stage, "the output contains NaN or Inf",
+                           "check the declared data_range and the weights; the network is unstable on this input")
         if exc.memory and memory_limit_mb is not None and exc.type_name != "OutOfMemoryError":
-            return stage, (f"[{submission_id}] {stage} ran past the memory limit of {memory_limit_mb} MiB of host "
-                           f"memory ({exc.type_name}: {said[:200]}). Fix: reduce the model's memory use "
-                           "(adapter.tile), or the organiser raises --memory-limit-mb")
+            return Failure(stage, f"{stage} ran past the memory limit of {memory_limit_mb} MiB of host memory "
+                                  f"({exc.type_name}: {said[:200]})",
+                           "reduce the model's memory use (adapter.tile), or the organiser raises --memory-limit-mb")
         if exc.type_name == "OutOfMemoryError":
-            return stage, (f"[{submission_id}] out of memory during {stage}: {said}. Fix: declare an adapter tile "
-                           "(adapter.tile) or reduce the model's memory use")
-        return stage, (f"[{submission_id}] {stage} raised {printable(exc.type_name, 100)}: {said}. Fix: "
-                       f"{_STAGE_FIXES[stage]} (the traceback column shows where; `esr-eval check {submission_id}` "
-                       "reproduces it)")
+            return Failure(stage, f"out of memory during {stage}: {said}",
+                           "declare an adapter tile (adapter.tile) or reduce the model's memory use")
+        return Failure(stage, f"{stage} raised {printable(exc.type_name, 100)}: {said}", _STAGE_FIXES[stage], True)
     if isinstance(exc, SandboxError):
-        return stage, (f"[{submission_id}] {stage}: {printable(str(exc), MESSAGE_CHARS)}. Fix: {_STAGE_FIXES[stage]}; "
-                       "a model must not end, signal or write to the evaluator's process")
-    return stage, (f"[{submission_id}] {stage} raised {type(exc).__name__}: {exc}. Fix: {_STAGE_FIXES[stage]} "
-                   f"(the traceback column shows where; `esr-eval check {submission_id}` reproduces it)")
+        return Failure(stage, f"{stage}: {printable(str(exc), MESSAGE_CHARS)}",
+                       f"{_STAGE_FIXES[stage]}; a model must not end, signal or write to the evaluator's process")
+    return Failure(stage, f"{stage} raised {type(exc).__name__}: {exc}", _STAGE_FIXES[stage], True)
+
+
+def _describe_failure(submission_id: str, stage: str, exc: BaseException,
+                      memory_limit_mb: int | None = None) -> tuple[str, str]:
+    """(stage, the row's error message) for an exception raised while evaluating a submission."""
+    failure = describe_failure(stage, exc, memory_limit_mb)
+    if isinstance(exc, SubmissionError):
+        return failure.stage, str(exc)
+    if isinstance(exc, RemoteError) and exc.stage:  # a SubmissionError in the sandbox, as it worded it
+        return failure.stage, printable(str(exc), MESSAGE_CHARS)
+    where = (f" (the traceback column shows where; `esr-eval check {submission_id}` reproduces it)"
+             if failure.raised else "")
+    return failure.stage, f"[{submission_id}] {failure.problem}. Fix: {failure.fix}{where}"
 
 
 def _prepare_device(config: EvaluationConfig) -> torch.device:
@@ -283,7 +310,8 @@ def _prepare_device(config: EvaluationConfig) -> torch.device:
     return device
 
 
-def evaluate_submission(sub: Submission, splits: list[Split], config: EvaluationConfig, run_id: str) -> EvaluationResult:
+def evaluate_submission(sub: Submission, splits: list[Split], config: EvaluationConfig,
+                        run_id: str) -> EvaluationResult:
     """Measure one submission on every split, its code in a sandbox process (memory limit, Landlock,
     nothing it spawns survives); failures become an error row."""
     device = _prepare_device(config)
@@ -321,10 +349,16 @@ class _StageFailure(Exception):
         super().__init__(stage)
 
 
-def _load(sandbox: Sandbox, sub: Submission, config: EvaluationConfig, fields: dict) -> None:
+def restrict_fields(sandbox: Sandbox, sub: Submission, config: EvaluationConfig) -> dict:
+    """Have the sandbox limit its memory and restrict itself (before any of the submission's code
+    runs); the row's fields saying which protections are active."""
     restricted = restrict(sandbox, sub, config.memory_limit_mb, config.landlock)
-    fields.update(sandbox=printable(str(restricted.get("landlock")), 300),
-                  memory_limited=restricted.get("memory_limited"), landlock_signals=restricted.get("landlock_signals"))
+    return dict(sandbox=printable(str(restricted.get("landlock")), 300),
+                memory_limited=restricted.get("memory_limited"), landlock_signals=restricted.get("landlock_signals"))
+
+
+def _load(sandbox: Sandbox, sub: Submission, config: EvaluationConfig, fields: dict) -> None:
+    fields.update(restrict_fields(sandbox, sub, config))
     reply = sandbox.request("load")
     keys = reply.get("missing_keys"), reply.get("unexpected_keys")
     fields.update(checkpoint_sha256=reply.get("checkpoint_sha256"),
@@ -341,18 +375,18 @@ def _measure(sub, splits, config, run_id, device, fields: dict, split_rows: list
     stage = "load"
     sandbox = None
     try:
-        decoded_splits = [_decode_all(split) for split in splits]
+        decoded_splits = [decode_split(split) for split in splits]
         sandbox = obtain(config.device, config.torch_threads)
-        overheads = _calibrate(sandbox, sub, decoded_splits)
+        overheads = calibrate(sandbox, sub, decoded_splits)
         _load(sandbox, sub, config, fields)
         stage = "inference"
-        first_sr = _run_splits(run_id, sub, sandbox, splits, decoded_splits, overheads, config, device,
+        first_sr = run_splits(run_id, sub, sandbox, splits, decoded_splits, overheads, config, device,
                                split_rows, sample_rows)
         stage = "complexity"
-        fields.update(_complexity_fields(sandbox, sub, config, device, decoded_splits[0][0][0], first_sr))
+        fields.update(complexity_fields(sandbox, sub, config, device, decoded_splits[0][0][0], first_sr)[1])
         if config.hygiene:
             stage = "hygiene"
-            fields.update(_hygiene_fields(RemoteAdapter(sandbox, sub.scale, sub.data_range), device))
+            fields.update(hygiene_fields(RemoteAdapter(sandbox, sub.scale, sub.data_range), device))
     except (Exception, SystemExit) as exc:  # a submission's fault is a row, never a crash
         raise _StageFailure(stage, traceback.format_exc()) from exc
     finally:

@@ -28,12 +28,12 @@ import sys
 import traceback
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
 
+from esr_eval.hashing import file_sha256
 from esr_eval.manifest import Submission, SubmissionError
 from esr_eval.validation import did_you_mean
 
@@ -54,14 +54,6 @@ class LoadedSubmission:
     submission: Submission
     model: nn.Module
     info: LoadInfo
-
-
-def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def module_name_for(sub: Submission) -> str:
@@ -183,8 +175,9 @@ def read_checkpoint(sub: Submission) -> tuple[Any, str, bool]:
                 "the file, set `checkpoint.trusted_pickle: true` (recorded in every result row)",
                 stage="checkpoint") from exc
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
         raise SubmissionError(sid, "checkpoint.path",
-                              f"{path.name} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                              f"{path.name} cannot be read ({type(exc).__name__}: {first_line}); "
                               "it looks truncated or corrupt",
                               "re-download or re-save the checkpoint and check its sha256", stage="checkpoint") from exc
     return torch.load(path, map_location="cpu", weights_only=False), digest, True

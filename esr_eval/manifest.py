@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import AfterValidator, BeforeValidator, ValidationError, ValidationInfo, field_validator
 
-from esr_eval.validation import Problem, Strict, did_you_mean, invalid, printable, problems, show
+from esr_eval.validation import Problem, Strict, about, did_you_mean, invalid, printable, problems, show
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".toml")
 VALID_DATA_RANGES = (1.0, 255.0)
@@ -130,45 +130,47 @@ class ManifestLoader(yaml.SafeLoader):
 _README = "see README, 'Submission manifests'"
 
 
-def _fix(fix: str, description: str, **kwargs: Any) -> Any:
-    """A field stating its meaning (for the JSON Schema) and its fix (for error messages)."""
-    return Field(description=description, json_schema_extra={"fix": fix}, **kwargs)
-
-
 def _none_as(default: Any) -> BeforeValidator:
     """An explicit null in the file means the default."""
     return BeforeValidator(lambda value: default if value is None else value)
 
 
-def _relative(value: str, info: ValidationInfo) -> str:
-    """A non-empty path that stays under the submissions root (and, when the context asks, exists)."""
-    if not value.strip():
-        raise invalid(f"must be a non-empty path, got {show(value)}", "give a path relative to --root")
-    normal = os.path.normpath(value)
-    if os.path.isabs(value) or normal == ".." or normal.startswith(".." + os.sep):
-        raise invalid(f"{printable(value)} points outside the submissions root",
-                      "give a path relative to --root without '..' (manifests are untrusted input)")
-    context = info.context or {}
-    if context.get("check_files") and not (context["root"] / value).is_file():
-        raise invalid(f"{printable(value)} not found under {context['root']}",
-                      f"put the file there or correct `{info.field_name}` (a path relative to --root)")
-    return value
+def _under_root(missing_fix: str) -> AfterValidator:
+    """A non-empty path that stays under the submissions root and, when the validation context asks
+    (``check_files``), exists there; ``missing_fix`` is the fix when it does not."""
+
+    def check(value: str, info: ValidationInfo) -> str:
+        if not value.strip():
+            raise invalid(f"must be a non-empty path, got {show(value)}", "give a path relative to --root")
+        normal = os.path.normpath(value)
+        if os.path.isabs(value) or normal == ".." or normal.startswith(".." + os.sep):
+            raise invalid(f"{printable(value)} points outside the submissions root",
+                          "give a path relative to --root without '..' (manifests are untrusted input)")
+        context = info.context or {}
+        if context.get("check_files") and not (context["root"] / value).is_file():
+            raise invalid(f"{printable(value)} not found under {context['root']}", missing_fix)
+        return value
+
+    return AfterValidator(check)
 
 
-RelativePath = Annotated[str, AfterValidator(_relative)]
+_MODEL_FILE_FIX = "point `model.file` at the team's .py file relative to the submissions root (--root)"
+_CHECKPOINT_FIX = "put the checkpoint there or correct the path (relative to --root)"
+ModelFile = Annotated[str, _under_root(_MODEL_FILE_FIX)]
+CheckpointFile = Annotated[str, _under_root(_CHECKPOINT_FIX)]
 
 
 class ModelSpec(Strict):
     """Where the architecture lives and how to construct it."""
 
-    file: RelativePath = _fix("point `model.file` at the team's .py file relative to the submissions root (--root)",
-                              "the team's model file, relative to the submissions root")
-    class_name: str = _fix("write the name of the network class defined in model.file, e.g. `class: RLFN_Prune`",
-                           "the network class defined in `file`", alias="class")
-    args: Annotated[tuple[Any, ...], _none_as(())] = _fix("write `args: [48, 4]`", "positional arguments of the class",
-                                                           default=(), strict=False)
-    kwargs: Annotated[dict[str, Any], _none_as({})] = _fix("write `kwargs: {upscale: 4}`",
-                                                           "keyword arguments of the class", default_factory=dict)
+    file: ModelFile = about("the team's model file, relative to the submissions root", _MODEL_FILE_FIX)
+    class_name: str = about(
+        "the network class defined in `file`",
+        "write the name of the network class defined in model.file, e.g. `class: RLFN_Prune`", alias="class")
+    args: Annotated[tuple[Any, ...], _none_as(())] = about(
+        "positional arguments of the class", "write `args: [48, 4]`", default=(), strict=False)
+    kwargs: Annotated[dict[str, Any], _none_as({})] = about(
+        "keyword arguments of the class", "write `kwargs: {upscale: 4}`", default_factory=dict)
 
     @field_validator("class_name")
     @classmethod
@@ -186,17 +188,18 @@ class CheckpointSpec(Strict):
     ``"a.b"`` = nested, ``"params_ema|params"`` = the first alternative present.
     """
 
-    path: RelativePath = _fix("put the checkpoint there or correct the path (relative to --root)",
-                              "the weights file, relative to the submissions root")
-    key: str | None = _fix("use 'params', 'params_ema', 'params_ema|params', a nested 'a.b', or omit it for a "
-                           "root state dict", "where the state dict sits in the loaded object", default=None,
-                           pattern=r"[^|.]")
-    sha256: str | None = _fix("write the output of `sha256sum <checkpoint>` or omit the field",
-                              "expected SHA-256 of the file", default=None, pattern=r"^[0-9a-fA-F]{64}$")
-    strict: Annotated[bool, _none_as(True)] = _fix("write `strict: true` or `false`",
-                                                   "load with the official strict key check", default=True)
-    trusted_pickle: Annotated[bool, _none_as(False)] = _fix(
-        "write `trusted_pickle: true` or `false`", "allow unpickling code (recorded opt-in)", default=False)
+    path: CheckpointFile = about("the weights file, relative to the submissions root", _CHECKPOINT_FIX)
+    key: str | None = about(
+        "where the state dict sits in the loaded object",
+        "use 'params', 'params_ema', 'params_ema|params', a nested 'a.b', or omit it for a root state dict",
+        default=None, pattern=r"[^|.]")
+    sha256: str | None = about(
+        "expected SHA-256 of the file", "write the output of `sha256sum <checkpoint>` or omit the field",
+        default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    strict: Annotated[bool, _none_as(True)] = about(
+        "load with the official strict key check", "write `strict: true` or `false`", default=True)
+    trusted_pickle: Annotated[bool, _none_as(False)] = about(
+        "allow unpickling code (recorded opt-in)", "write `trusted_pickle: true` or `false`", default=False)
 
     @field_validator("sha256")
     @classmethod
@@ -212,22 +215,23 @@ class CheckpointSpec(Strict):
 
 
 class TileEntry(Strict):
-    size: int = _fix("give a whole number such as 256", "tile edge in LR pixels", gt=0)
-    overlap: int = _fix("choose an overlap smaller than the tile size", "overlap in LR pixels", default=0, ge=0)
+    size: int = about("tile edge in LR pixels", "give a whole number such as 256", gt=0)
+    overlap: int = about("overlap in LR pixels", "choose an overlap smaller than the tile size", default=0, ge=0)
 
     @field_validator("overlap")
     @classmethod
     def _overlap_below_size(cls, value: int, info: ValidationInfo) -> int:
         size = info.data.get("size")
         if size is not None and value >= size:
-            raise invalid(f"must be an integer in [0, size), got {value}", "choose an overlap smaller than the tile size")
+            raise invalid(f"must be an integer in [0, size), got {value}",
+                          "choose an overlap smaller than the tile size")
         return value
 
 
 class AdapterEntry(Strict):
-    pad_to_multiple: int | None = _fix("give a whole number such as 16", "reflect-pad the LR input to a multiple",
-                                       default=None, gt=0)
-    tile: TileEntry | None = _fix("write `tile: {size: 256, overlap: 16}`", "tiled inference", default=None)
+    pad_to_multiple: int | None = about("reflect-pad the LR input to a multiple", "give a whole number such as 16",
+                                        default=None, gt=0)
+    tile: TileEntry | None = about("tiled inference", "write `tile: {size: 256, overlap: 16}`", default=None)
 
 
 @dataclass(frozen=True)
@@ -251,24 +255,25 @@ class ManifestDocument(Strict):
     """One manifest file, as written (README, "Submission manifests"); its JSON Schema is
     ``docs/manifest.schema.json``."""
 
-    team_id: str = _fix('write it quoted, e.g. team_id: "07" (unquoted, YAML reads 010 as 8)',
-                        "the team's two-digit id, quoted")
-    name: str | int | float | None = _fix("write the method's name, e.g. `name: RLFN`",
-                                          "display name (default: the submission id)", default=None)
-    model: ModelSpec = _fix("write `model: {file: models/teamNN_Name.py, class: ClassName}`", "the network")
-    checkpoint: CheckpointSpec | None = _fix(
-        "write `checkpoint: {path: model_zoo/teamNN_name.pth}` or omit it for a parameter-free model",
-        "the weights (omit for a parameter-free model)", default=None)
-    data_range: float = _fix("declare the input range the network was trained with: 1.0 or 255.0",
-                             "input range the network expects: 1.0 or 255.0", default=1.0)
-    scale: int = _fix("declare the factor the network upscales by, a whole number (NTIRE ESR is x4)",
-                      "upscaling factor", default=4)
-    adapter: AdapterEntry | None = _fix("write `adapter: {pad_to_multiple: 16}` or omit it",
-                                        "forward adapter: padding and/or tiling", default=None)
-    requirements: Annotated[tuple[str, ...], _none_as(())] = _fix(
-        "write `requirements: [einops, timm==0.9.2]`", "pip requirement strings", default=(), strict=False)
-    weights: str | int | float | None = _fix('write one line such as `weights: "trained on DIV2K, 1000k iterations"`',
-                                             "free text on how the weights were made", default="")
+    team_id: str = about("the team's two-digit id, quoted",
+                         'write it quoted, e.g. team_id: "07" (unquoted, YAML reads 010 as 8)')
+    name: str | int | float | None = about("display name (default: the submission id)",
+                                           "write the method's name, e.g. `name: RLFN`", default=None)
+    model: ModelSpec = about("the network", "write `model: {file: models/teamNN_Name.py, class: ClassName}`")
+    checkpoint: CheckpointSpec | None = about(
+        "the weights (omit for a parameter-free model)",
+        "write `checkpoint: {path: model_zoo/teamNN_name.pth}` or omit it for a parameter-free model", default=None)
+    data_range: float = about("input range the network expects: 1.0 or 255.0",
+                              "declare the input range the network was trained with: 1.0 or 255.0", default=1.0)
+    scale: int = about("upscaling factor",
+                       "declare the factor the network upscales by, a whole number (NTIRE ESR is x4)", default=4)
+    adapter: AdapterEntry | None = about("forward adapter: padding and/or tiling",
+                                         "write `adapter: {pad_to_multiple: 16}` or omit it", default=None)
+    requirements: Annotated[tuple[str, ...], _none_as(())] = about(
+        "pip requirement strings", "write `requirements: [einops, timm==0.9.2]`", default=(), strict=False)
+    weights: str | int | float | None = about(
+        "free text on how the weights were made",
+        'write one line such as `weights: "trained on DIV2K, 1000k iterations"`', default="")
 
     @field_validator("team_id")
     @classmethod

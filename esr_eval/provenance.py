@@ -3,14 +3,17 @@
 Contract: :func:`device_facts` describes the device an evaluation runs on (model, UUID, host,
 thread count, cuDNN/TF32 flags); :func:`environment` gives library versions (torch, CUDA,
 cuDNN, NVIDIA driver, Ray, numpy, fvcore, esr-eval) and the esr-eval git sha with a dirty
-flag. Nothing here fails: an unknown fact is ``None``.
+flag; :func:`run_metadata` is what ``run.json`` holds (keys: ``records.RUN_JSON_KEYS``). Nothing
+here fails: an unknown fact is ``None``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import socket
 import subprocess
+import time
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -106,3 +109,21 @@ def environment() -> dict:
 
 def facts_dict(facts: DeviceFacts) -> dict:
     return asdict(facts)
+
+
+def run_metadata(run_id: str, protocol, splits: list, submissions: list, driver: str,
+                 device: str, extra: dict | None = None) -> dict:
+    """The facts ``run.json`` holds (per-node device facts are on every submission row)."""
+    return {
+        "run_id": run_id,
+        "created_unix_s": time.time(),
+        "driver": driver,
+        "driver_host": socket.gethostname(),
+        "device": device,
+        "timing_protocol": {"id": protocol.protocol_id, **dataclasses.asdict(protocol)},
+        "splits": [{"name": s.name, "scale": s.scale, "num_images": len(s.pairs), "sha256": s.sha256}
+                   for s in splits],
+        "submissions": [s.submission_id for s in submissions],
+        "environment": environment(),
+        **(extra or {}),
+    }

@@ -34,30 +34,38 @@ Contract
   ``<runtime metric>_ci_low/high``, ``score_<track>_ci_low/high``, ``rank_<track>_ci_low/high``
   and ``tied_with_<track>`` (comma-separated submission_ids of ranked rows whose rank intervals
   overlap; "" when none). Without samples these columns are null.
-- ``rank_run(run_dir, protocol)`` writes ``<run_dir>/rankings/part-00000.parquet`` (temp file +
-  ``os.replace``; a re-rank replaces it, the ``protocol`` column names the rules used).
-- Integrity: ``read_run`` reads only the part files the run's ledger records, from the bytes it
-  verified (``esr_eval.records.verify_run``); ``RunTables.integrity`` says what it found.
-  ``with_integrity(rankings, integrity)`` (``rank_run`` and the report apply it) adds, on every
+- ``rank_run(run_dir, protocol)`` writes ``<run_dir>/rankings/part-00000.parquet`` through
+  ``esr_eval.records.write_rankings`` (the table's definition, ``records.RANKINGS_COLUMNS``, and its
+  one atomic writer; a re-rank replaces it, the ``protocol`` column names the rules used). Its
+  Parquet metadata records the rules' name, ``rules_sha256(protocol)`` and the run's
+  ``records.run_sha256`` (``records.RANKINGS_METADATA``).
+- ``rankings_for(tables, protocol)``: ``rankings/`` as stored when ``stored_rankings`` finds it made
+  by the same rules (name, ``rules_sha256`` and, when the table has it, ``rules_version``) from the
+  run as it is now; else the run ranked again (nothing written). The report uses it, so the
+  bootstrap runs once per run and a report never disagrees with ``rankings/``.
+- Integrity: ``esr_eval.records.read_run`` reads only the part files the run's ledger records, from
+  the bytes it verified (``esr_eval.records.verify_run``); ``RunTables.integrity`` says what it found.
+  ``with_integrity(rankings, integrity)`` (``rank_tables`` applies it) adds, on every
   row, ``run_integrity`` (verified | unverified | tampered | split-changed | tampered+split-changed)
   and ``run_integrity_findings``, and per row ``integrity`` (which of its parts were not read, and
   why; null when all were), also prefixed to ``excluded_reason`` where the row is not ranked;
   ``rank_run`` records the summary in the Parquet metadata ``esr_eval.integrity``.
+- Imports neither torch nor Ray (directly or through other esr_eval modules): the timing protocols'
+  statistics come from the torch-free ``esr_eval.settings``.
 Units: PSNR dB, runtime ms, memory MB, params/FLOPs/activations counts (raw, unrounded).
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
-import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from scipy.stats import rankdata
 
 from esr_eval.protocols import (
@@ -67,7 +75,8 @@ from esr_eval.protocols import (
     RankingProtocol,
     load_protocol,
 )
-from esr_eval.records import RunIntegrity, verify_run
+from esr_eval.records import RunIntegrity, RunTables, read_rankings, read_run, run_sha256, write_rankings
+from esr_eval.settings import PROTOCOLS as TIMING_PROTOCOLS
 
 __all__ = [
     "BaselineChoice",
@@ -81,55 +90,25 @@ __all__ = [
     "metrics_table",
     "rank",
     "rank_run",
-    "read_run",
+    "rank_tables",
+    "rankings_for",
+    "rules_sha256",
     "runtime_metric_names",
+    "stored_rankings",
     "with_integrity",
 ]
 
 ROLE_PREFIX = {"valid": "val", "test": "test"}
 ID_COLUMNS = ("submission_id", "team_id", "name")
-RANKINGS_PART_NAME = "part-00000.parquet"
 # Unranked rows follow the ranked ones in this order, then by submission_id.
 ROLE_ORDER = {"baseline": 0, "reference": 1, "entry": 2}
 # How a timing protocol turns one split's samples into its headline runtime_ms, for runs that do
-# not record it in submissions.runtime_statistic.
+# not record it in submissions.runtime_statistic: the timing protocols of esr_eval.settings, and the
+# retired esr-default-v1 (v2 in file order), which settings no longer defines.
 RUNTIME_STATISTIC_BY_TIMING_PROTOCOL = {
     "esr-default-v1": "mean_of_image_medians",
-    "esr-default-v2": "mean_of_image_medians",
-    "official-v1": "mean",
+    **{timing.protocol_id: timing.headline for timing in TIMING_PROTOCOLS.values()},
 }
-
-
-@dataclass(frozen=True)
-class RunTables:
-    """The tables of one run folder (``samples`` is None when the run has none)."""
-
-    submissions: pd.DataFrame
-    splits: pd.DataFrame
-    samples: pd.DataFrame | None = None
-    run_info: Mapping[str, Any] = field(default_factory=dict)
-    run_dir: Path | None = None
-    integrity: RunIntegrity | None = None
-
-
-def read_run(run_dir: str | Path) -> RunTables:
-    """Read ``submissions``, ``splits``, ``samples`` and ``run.json`` of a ``results/<run_id>`` folder,
-    only from the files its ledger records and verifies (module doc, "Integrity")."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "submissions").exists():
-        raise FileNotFoundError(
-            f"{run_dir / 'submissions'} not found: pass a run folder (results/<run_id>) written by esr-eval"
-        )
-    integrity = verify_run(run_dir, read=("submissions", "splits", "samples"))
-    samples = integrity.tables["samples"]
-    return RunTables(
-        submissions=integrity.tables["submissions"],
-        splits=integrity.tables["splits"],
-        samples=samples if len(samples) else None,
-        run_info=dict(integrity.run_info),
-        run_dir=run_dir,
-        integrity=integrity,
-    )
 
 
 def with_integrity(rankings: pd.DataFrame, integrity: RunIntegrity | None) -> pd.DataFrame:
@@ -534,8 +513,8 @@ def _bootstrap_values(
             if statistic is None:
                 raise ValueError(
                     f"submissions.timing_protocol of {ids[i]} is {timing!r}; ranking.py knows "
-                    f"{', '.join(RUNTIME_STATISTIC_BY_TIMING_PROTOCOL)}: add its per-split statistic to "
-                    "RUNTIME_STATISTIC_BY_TIMING_PROTOCOL"
+                    f"{', '.join(RUNTIME_STATISTIC_BY_TIMING_PROTOCOL)} (RUNTIME_STATISTIC_BY_TIMING_PROTOCOL, "
+                    "from esr_eval.settings): define that protocol there"
                 )
             latency_ms = cube.loc[ids[i]].reindex(images).to_numpy(dtype="float64")
             runtime_by_split[split][ids[i]] = _runtime_replicates(latency_ms, image_idx, statistic, rng)
@@ -682,7 +661,7 @@ def rank(metrics: pd.DataFrame, protocol: RankingProtocol, samples: pd.DataFrame
             rep_baseline, _ = _baseline_values(table, replicate_values, role, protocol)
             replicates = _score(replicate_values, rep_baseline, rankable, track_eligible, protocol)
 
-    out = pd.DataFrame({"protocol": protocol.name}, index=table.index)
+    out = pd.DataFrame({"protocol": protocol.name, "rules_version": protocol.version}, index=table.index)
     for column in ("run_id",) + ID_COLUMNS + ("status",):
         if column in table.columns:
             out[column] = table[column]
@@ -713,20 +692,51 @@ def rank(metrics: pd.DataFrame, protocol: RankingProtocol, samples: pd.DataFrame
     return out.iloc[order].reset_index(drop=True)
 
 
+def rules_sha256(protocol: RankingProtocol) -> str:
+    """sha256 of the rules as applied: every field of ``protocol`` (overrides included) but its file's path."""
+    rules = dataclasses.asdict(dataclasses.replace(protocol, source_path=""))
+    return hashlib.sha256(json.dumps(rules, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def rank_tables(tables: RunTables, protocol: RankingProtocol) -> pd.DataFrame:
+    """The rankings of a run's tables under ``protocol``, with the run's integrity on every row."""
+    return with_integrity(rank(metrics_table(tables, protocol), protocol, samples=tables.samples), tables.integrity)
+
+
+def _made_from(protocol: RankingProtocol, tables: RunTables) -> dict[str, str]:
+    """The Parquet metadata that says what a ranking was made from (``records.RANKINGS_METADATA``)."""
+    made_from = {"esr_eval.protocol": protocol.name, "esr_eval.protocol_source": protocol.source_path,
+                 "esr_eval.rules_sha256": rules_sha256(protocol), "esr_eval.run_sha256": run_sha256(tables.run_dir)}
+    if tables.integrity is not None:
+        made_from["esr_eval.integrity"] = json.dumps(tables.integrity.summary())
+    return made_from
+
+
 def rank_run(run_dir: str | Path, protocol: RankingProtocol | str | Path) -> pd.DataFrame:
     """Rank a run folder and write ``<run_dir>/rankings/part-00000.parquet`` atomically; returns the table."""
     protocol = protocol if isinstance(protocol, RankingProtocol) else load_protocol(protocol)
     tables = read_run(run_dir)
-    rankings = with_integrity(rank(metrics_table(tables, protocol), protocol, samples=tables.samples), tables.integrity)
-    folder = Path(run_dir) / "rankings"
-    folder.mkdir(exist_ok=True)
-    arrow = pa.Table.from_pandas(rankings, preserve_index=False)
-    metadata = dict(arrow.schema.metadata or {})
-    metadata[b"esr_eval.protocol"] = protocol.name.encode()
-    metadata[b"esr_eval.protocol_source"] = protocol.source_path.encode()
-    if tables.integrity is not None:
-        metadata[b"esr_eval.integrity"] = json.dumps(tables.integrity.summary()).encode()
-    temporary = folder / f".{RANKINGS_PART_NAME}.tmp-{os.getpid()}"
-    pq.write_table(arrow.replace_schema_metadata(metadata), temporary)
-    os.replace(temporary, folder / RANKINGS_PART_NAME)
+    rankings = rank_tables(tables, protocol)
+    write_rankings(Path(run_dir), rankings, _made_from(protocol, tables))
     return rankings
+
+
+def stored_rankings(tables: RunTables, protocol: RankingProtocol) -> pd.DataFrame | None:
+    """``rankings/`` of the run when it was made under ``protocol`` (same name and ``rules_sha256``, and
+    ``rules_version`` where the table has that column) from the run as it is now (same
+    ``records.run_sha256``); else None."""
+    stored = read_rankings(tables.run_dir) if tables.run_dir is not None else None
+    if stored is None:
+        return None
+    wanted = _made_from(protocol, tables)
+    keys = ("esr_eval.protocol", "esr_eval.rules_sha256", "esr_eval.run_sha256")
+    same_version = "rules_version" not in stored.table.columns or (
+        stored.table["rules_version"].astype(str) == str(protocol.version)).all()
+    return stored.table if same_version and all(stored.metadata.get(k) == wanted[k] for k in keys) else None
+
+
+def rankings_for(tables: RunTables, protocol: RankingProtocol) -> pd.DataFrame:
+    """``rankings/`` when it holds this run ranked under ``protocol`` (:func:`stored_rankings`), else
+    the run ranked again now (:func:`rank_tables`; nothing written)."""
+    stored = stored_rankings(tables, protocol)
+    return stored if stored is not None else rank_tables(tables, protocol)

@@ -1,15 +1,31 @@
-"""The run folder: Parquet table schemas (defined once, here), an atomic part-file writer, readers.
+"""Every file esr-eval writes into a run folder, defined once here, with the one writer and the one reader.
 
 Contract
 --------
-``results/<run_id>/`` holds one folder per table, each a set of Parquet part files, so that
-``pd.read_parquet("results/<run_id>/<table>")`` reads a table whole while a run still streams,
-plus ``run.json`` (provenance). Each table's schema is the field list of one frozen dataclass
-below; a row is an instance of it. Units are in column names; raw values are stored and
-rounding happens only in reports. Part files are written to a temporary name in the same
-folder and renamed, so a crash never leaves half a file and readers never see one.
-A failed submission is a ``SubmissionRow`` with ``status`` and ``error``, never a missing row.
-The column reference lives in ``docs/SCHEMA.md``; :func:`schema_markdown` regenerates it.
+``results/<run_id>/`` holds:
+
+* the driver's tables ``submissions``, ``splits`` and ``samples`` (:data:`TABLES`): one folder each
+  of Parquet part files, so that ``pd.read_parquet("results/<run_id>/<table>")`` reads a table whole
+  while a run still streams. Each table's schema is the field list of one frozen dataclass below
+  (:class:`SubmissionRow`, :class:`SplitRow`, :class:`SampleRow`); a row is an instance of it and
+  each field carries its meaning (:func:`column`). A failed submission is a ``SubmissionRow`` with
+  ``status`` and ``error``, never a missing row;
+* ``rankings`` (written by ``esr_eval.ranking.rank_run``): one part file whose columns depend on the
+  protocol's metrics and tracks, specified by :data:`RANKINGS_COLUMNS` (``<metric>`` and ``<track>``
+  stand for the protocol's names); its Parquet metadata (:data:`RANKINGS_METADATA`) names the rules
+  and the state of the run it was ranked from;
+* ``run.json`` (provenance, keys :data:`RUN_JSON_KEYS`) and ``ledger.json`` (:data:`LEDGER_KEYS`).
+
+Units are in column names (``_ms``, ``_db``, ``_mb`` = 2^20 bytes, ``_s``) or stated in the meaning;
+raw values are stored and rounding happens only in reports. ``docs/SCHEMA.md`` is
+:func:`schema_markdown`, which renders its tables with :func:`markdown_table` (the one Markdown
+table renderer, also used by ``esr_eval.report``).
+
+One writer: :func:`atomic_write` writes to a temporary name in the same folder and renames, so a
+crash never leaves half a file and readers never see one; :func:`write_part`, :func:`write_json` and
+:func:`write_rankings` go through it. One reader: every table is decoded from the bytes of its part
+files by :func:`_frame` — :func:`read_table` (all parts, unchecked), :func:`read_run` and
+:func:`read_verified` (the parts the ledger verifies), :func:`read_rankings` (with its metadata).
 
 Integrity
 ---------
@@ -21,10 +37,12 @@ in-memory copy is authoritative; an edited ledger is overwritten by its next wri
 that the ledger does not hold (never read), recorded files ``missing`` on disk, recorded files
 whose bytes ``changed`` (never read), and split files that changed during the run (the driver
 re-hashes them at the end: ``run.json`` ``splits_verified_at_end``). Any of the first three
-marks the run ``tampered``. Readers (:func:`read_verified`, ``esr_eval.ranking.read_run``) parse
-exactly the bytes they hashed, so a file swapped after the check is not read either. A run
-folder without a ledger (written by hand, by ``esr_eval.synthetic`` or by an esr-eval older
-than the ledger) is ``unverified``: read whole, as before, and said so.
+marks the run ``tampered``. Readers (:func:`read_verified`, :func:`read_run`) parse exactly the
+bytes they hashed, so a file swapped after the check is not read either. A run folder without a
+ledger (written by hand, by the tests' synthetic-run writer or by an esr-eval older than the ledger) is
+``unverified``: read whole, as before, and said so. ``rankings/`` is not in the ledger (the driver
+does not write it); :func:`run_sha256` digests the files a ranking is made from, so a reader can
+tell whether stored rankings still belong to the run as it is.
 """
 
 from __future__ import annotations
@@ -32,143 +50,166 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 import types
 import typing
 import uuid
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from esr_eval.hashing import file_sha256
+
+if TYPE_CHECKING:
+    import pandas as pd
+
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "error", "timeout", "startup_timeout", "crashed")
+
+
+def column(meaning: str, default: Any = MISSING) -> Any:
+    """A row field carrying its meaning for docs/SCHEMA.md (the unit is in the name, or stated here)."""
+    return field(default=default, metadata={"meaning": meaning})
 
 
 @dataclass(frozen=True)
 class SubmissionRow:
     """One row per submission and run: status, complexity, hygiene, provenance."""
 
-    run_id: str
-    submission_id: str
-    team_id: str
-    name: str
-    status: str
-    fingerprint: str | None = None
-    error: str | None = None
-    error_stage: str | None = None
-    traceback: str | None = None
-    attempts: int = 1
-    strict: bool = True
-    trusted_pickle: bool = False
-    data_range: float = 1.0
-    scale: int = 4
-    adapter: str = "none"
-    manifest_sha256: str | None = None
-    checkpoint_sha256: str | None = None
-    missing_keys: str | None = None
-    unexpected_keys: str | None = None
-    cuda_calls_redirected: int | None = None
-    complexity_input_shape: str | None = None
-    params: int | None = None
-    params_before_forward: int | None = None
-    flops_fvcore: int | None = None
-    flops_hook_2022: int | None = None
-    flops_audit: int | None = None
-    flops_audit_ratio: float | None = None
-    flops_audit_flag: bool | None = None
-    flops_zero_counted_ops: str | None = None
-    activations: int | None = None
-    num_conv: int | None = None
-    float_buffer_elements: int | None = None
-    flops_audit_per_px_probe: float | None = None
-    flops_audit_per_px_real: float | None = None
-    params_clean: int | None = None
-    checkpoint_float_elements: int | None = None
-    trace_verified: bool | None = None
-    trace_detail: str | None = None
-    complexity_flags: str | None = None
-    hygiene_input_mutated: bool | None = None
-    hygiene_repeat_max_abs_diff: float | None = None
-    hygiene_nonfinite_outputs: bool | None = None
-    hygiene_cache_suspect: bool | None = None
-    hygiene_cache_detail: str | None = None
-    hygiene_data_range_psnr_db: float | None = None
-    hygiene_other_data_range_psnr_db: float | None = None
-    hygiene_data_range_flag: bool | None = None
-    hygiene_flags: str | None = None
-    timing_protocol: str | None = None
-    runtime_statistic: str | None = None
-    device_kind: str | None = None
-    device_name: str | None = None
-    gpu_uuid: str | None = None
-    hostname: str | None = None
-    node_id: str | None = None
-    torch_num_threads: int | None = None
-    cudnn_benchmark: bool | None = None
-    tf32_matmul: bool | None = None
-    tf32_cudnn: bool | None = None
-    memory_limit_mb: int | None = None
-    sandbox: str | None = None
-    containment: str | None = None
-    leftover_processes_killed: int | None = None
-    leftover_processes: str | None = None
-    started_at_unix_s: float | None = None
-    wall_s: float | None = None
+    run_id: str = column("the run: its folder name under `results/`")
+    submission_id: str = column("`team<NN>_<Name>`, from the manifest")
+    team_id: str = column("team number from the manifest (empty when the manifest did not parse)")
+    name: str = column("method name from the manifest")
+    status: str = column("`ok`, `error`, `timeout`, `startup_timeout` or `crashed`")
+    fingerprint: str | None = column("sha256 of manifest, checkpoint, timing protocol and split hashes: what must "
+                                     "match for a resumed run to keep the row", None)
+    error: str | None = column("what failed, and the fix; null when ok", None)
+    error_stage: str | None = column("stage that failed (manifest, checkpoint, load, inference, complexity, "
+                                     "hygiene, ...)", None)
+    traceback: str | None = column("Python traceback of the failure", None)
+    attempts: int = column("times the driver ran the submission (a crash or timeout is retried)", 1)
+    strict: bool = column("checkpoint loaded with `strict=True` (false only when declared)", True)
+    trusted_pickle: bool = column("checkpoint fully unpickled (declared in the manifest)", False)
+    data_range: float = column("declared pixel range of the model's input and output: 1.0 or 255.0", 1.0)
+    scale: int = column("upscaling factor", 4)
+    adapter: str = column("declared adapter (padding, tiling) as text; `none` without one", "none")
+    manifest_sha256: str | None = column("sha256 of the manifest file's bytes", None)
+    checkpoint_sha256: str | None = column("sha256 of the checkpoint file's bytes", None)
+    missing_keys: str | None = column("comma-separated model keys absent from the checkpoint (non-strict load)", None)
+    unexpected_keys: str | None = column("comma-separated checkpoint keys the model does not have", None)
+    cuda_calls_redirected: int | None = column("`.cuda()` calls of the model's constructor redirected to the CPU "
+                                               "(a CPU run)", None)
+    complexity_input_shape: str | None = column("input of the complexity counts, `NxCxHxW` (official 1x3x256x256)",
+                                                None)
+    params: int | None = column("parameters after the first forward (count; the official figure)", None)
+    params_before_forward: int | None = column("parameters before the first forward (count)", None)
+    flops_fvcore: int | None = column("fvcore FLOPs on the complexity input (multiply-adds; official from 2024)",
+                                      None)
+    flops_hook_2022: int | None = column("FLOPs by the 2022-2023 hook counter (multiply-adds)", None)
+    flops_audit: int | None = column("independent FLOP count at the dispatcher level (multiply-adds)", None)
+    flops_audit_ratio: float | None = column("flops_audit / flops_fvcore", None)
+    flops_audit_flag: bool | None = column("the audit disagrees with fvcore beyond tolerance, or fvcore skipped "
+                                           "a flagged op", None)
+    flops_zero_counted_ops: str | None = column("JSON list of [op, calls, category] fvcore counted as zero", None)
+    activations: int | None = column("sum of conv output elements on the complexity input (count)", None)
+    num_conv: int | None = column("conv calls on the complexity input (count)", None)
+    float_buffer_elements: int | None = column("floating-point buffer elements after the first forward (count)",
+                                               None)
+    flops_audit_per_px_probe: float | None = column("audit FLOPs per output pixel on the complexity input", None)
+    flops_audit_per_px_real: float | None = column("audit FLOPs per output pixel on a real evaluation image", None)
+    params_clean: int | None = column("floating-point elements in the traced graph on a real image (count)", None)
+    checkpoint_float_elements: int | None = column("floating-point elements in the checkpoint (count)", None)
+    trace_verified: bool | None = column("the traced graph reproduces the model's output", None)
+    trace_detail: str | None = column("why the trace could not be verified", None)
+    complexity_flags: str | None = column("comma-separated: trace_unverified, flops_input_dependent, "
+                                          "params_in_buffers, params_not_in_checkpoint", None)
+    hygiene_input_mutated: bool | None = column("the model changed its input tensor in place", None)
+    hygiene_repeat_max_abs_diff: float | None = column("largest difference between two calls on the same input "
+                                                       "(pixel values, uint8 scale)", None)
+    hygiene_nonfinite_outputs: bool | None = column("NaN or Inf in an output", None)
+    hygiene_cache_suspect: bool | None = column("outputs or timings suggest answers cached per input", None)
+    hygiene_cache_detail: str | None = column("the cache measurements behind hygiene_cache_suspect", None)
+    hygiene_data_range_psnr_db: float | None = column("PSNR with the declared data range, dB", None)
+    hygiene_other_data_range_psnr_db: float | None = column("PSNR with the other data range, dB", None)
+    hygiene_data_range_flag: bool | None = column("the other data range scores clearly better", None)
+    hygiene_flags: str | None = column("comma-separated hygiene findings (empty when none)", None)
+    timing_protocol: str | None = column("timing protocol id, e.g. `esr-default-v2`, `official-v1`", None)
+    runtime_statistic: str | None = column("how a split's runtime_ms comes from its samples: `mean` or "
+                                           "`mean_of_image_medians`", None)
+    device_kind: str | None = column("`cuda` or `cpu`", None)
+    device_name: str | None = column("GPU model or CPU model name", None)
+    gpu_uuid: str | None = column("UUID of the GPU measured on", None)
+    hostname: str | None = column("host measured on", None)
+    node_id: str | None = column("Ray node measured on", None)
+    torch_num_threads: int | None = column("torch intra-op threads", None)
+    cudnn_benchmark: bool | None = column("`torch.backends.cudnn.benchmark`", None)
+    tf32_matmul: bool | None = column("TF32 allowed in matmul", None)
+    tf32_cudnn: bool | None = column("TF32 allowed in cuDNN", None)
+    memory_limit_mb: int | None = column("host memory limit of the submission's process (RLIMIT_DATA), MiB", None)
+    sandbox: str | None = column("the sandbox's restrictions (Landlock) as applied", None)
+    containment: str | None = column("process containment as applied (memory limit, subreaper, signals)", None)
+    leftover_processes_killed: int | None = column("processes the submission left behind, killed (count)", None)
+    leftover_processes: str | None = column("their command lines", None)
+    started_at_unix_s: float | None = column("evaluation start, Unix time", None)
+    wall_s: float | None = column("evaluation wall time", None)
 
 
 @dataclass(frozen=True)
 class SplitRow:
     """One row per (submission, split) measured: quality and runtime summaries, memory."""
 
-    run_id: str
-    submission_id: str
-    split: str
-    num_images: int
-    dataset_sha256: str
-    psnr_db: float
-    ssim: float | None
-    psnr_y_db: float
-    ssim_y: float | None
-    runtime_ms: float
-    runtime_mean_ms: float
-    runtime_median_ms: float
-    runtime_p90_ms: float
-    runtime_n: int
-    wall_mean_ms: float
-    warmup_calls: int
-    repeats: int
-    peak_mem_mb: float | None = None
-    peak_mem_official_mb: float | None = None
-    runtime_sandbox_ms: float | None = None
-    runtime_external_ms: float | None = None
-    external_overhead_ms: float | None = None
-    timing_tampered: bool | None = None
-    timing_detail: str | None = None
+    run_id: str = column("the run")
+    submission_id: str = column("the submission")
+    split: str = column("split name, e.g. `DIV2K_LSDIR_valid`, `embedded`")
+    num_images: int = column("images in the split")
+    dataset_sha256: str = column("sha256 over the split's HR and LR files")
+    psnr_db: float = column("mean PSNR over the images (RGB)")
+    ssim: float | None = column("mean SSIM (RGB); null unless asked for")
+    psnr_y_db: float = column("mean PSNR on the Y channel")
+    ssim_y: float | None = column("mean SSIM on the Y channel; null unless asked for")
+    runtime_ms: float = column("the split's runtime by runtime_statistic (the ranked figure)")
+    runtime_mean_ms: float = column("mean of every timed call")
+    runtime_median_ms: float = column("median of every timed call")
+    runtime_p90_ms: float = column("90th percentile of the timed calls")
+    runtime_n: int = column("timed calls")
+    wall_mean_ms: float = column("mean host-clock time around the synchronised call")
+    warmup_calls: int = column("untimed calls before timing")
+    repeats: int = column("timed passes over the split")
+    peak_mem_mb: float | None = column("CUDA peak memory during this split; null on CPU", None)
+    peak_mem_official_mb: float | None = column("CUDA peak memory since loading, as the official script reads it",
+                                                None)
+    runtime_sandbox_ms: float | None = column("runtime by the sandbox's own clock", None)
+    runtime_external_ms: float | None = column("runtime bounded by the evaluator's clock", None)
+    external_overhead_ms: float | None = column("mean calibrated cost of the evaluator's path per call", None)
+    timing_tampered: bool | None = column("the sandbox's clock fell short of the evaluator's: the external bound "
+                                          "is the runtime", None)
+    timing_detail: str | None = column("what the external check found", None)
 
 
 @dataclass(frozen=True)
 class SampleRow:
     """One row per (submission, split, image, repeat); quality only on repeat 0."""
 
-    run_id: str
-    submission_id: str
-    split: str
-    image: str
-    repeat: int
-    latency_ms: float
-    wall_ms: float
-    lr_height: int
-    lr_width: int
-    external_ms: float | None = None
-    overhead_ms: float | None = None
-    psnr_db: float | None = None
-    ssim: float | None = None
-    psnr_y_db: float | None = None
-    ssim_y: float | None = None
+    run_id: str = column("the run")
+    submission_id: str = column("the submission")
+    split: str = column("the split")
+    image: str = column("image name")
+    repeat: int = column("timed pass, from 0")
+    latency_ms: float = column("the call's latency (CUDA events, or the CPU clock)")
+    wall_ms: float = column("host clock around the synchronised call")
+    lr_height: int = column("LR input height, px")
+    lr_width: int = column("LR input width, px")
+    external_ms: float | None = column("the evaluator's clock: request sent to output delivered", None)
+    overhead_ms: float | None = column("calibrated cost of that path for this image", None)
+    psnr_db: float | None = column("PSNR (RGB); repeat 0 only", None)
+    ssim: float | None = column("SSIM (RGB); repeat 0 only, when asked for", None)
+    psnr_y_db: float | None = column("PSNR on the Y channel; repeat 0 only", None)
+    ssim_y: float | None = column("SSIM on the Y channel; repeat 0 only, when asked for", None)
 
 
 @dataclass(frozen=True)
@@ -200,17 +241,173 @@ def arrow_schema(row_type: type) -> pa.Schema:
                      metadata={"esr_eval_schema_version": str(SCHEMA_VERSION)})
 
 
+# --- rankings, run.json, ledger.json: specified column by column (key by key) -----------------------
+
+_PLACEHOLDER = re.compile(r"<[a-z]+>")
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column (or JSON key) specified by name: ``<metric>`` / ``<track>`` in a name stand for each
+    of a protocol's metric / track names; ``type`` is the Parquet (or JSON) type."""
+
+    name: str
+    type: str
+    nullable: bool
+    meaning: str
+
+    def matches(self, name: str) -> bool:
+        pattern = ".+".join(re.escape(part) for part in _PLACEHOLDER.split(self.name))
+        return re.fullmatch(pattern, name) is not None
+
+    @property
+    def fixed_chars(self) -> int:
+        """Characters outside placeholders: the most specific of several matching columns has the most."""
+        return len(_PLACEHOLDER.sub("", self.name))
+
+
+RANKINGS = "rankings"
+RANKINGS_PART_NAME = "part-00000.parquet"
+RANKINGS_DOC = ("One row per submission of the run, none dropped, ranked under one protocol's rules "
+                "(`esr_eval.ranking`); ranked rows first by the main track's rank, then baseline, references "
+                "and other unranked rows. `<metric>` stands for each metric of the protocol (e.g. `runtime_ms`, "
+                "`params`, `flops`), `<track>` for each track (e.g. `main`). Ranks are min-style (ties share "
+                "the smallest); lower score is better. Interval columns are null without samples.")
+RANKINGS_COLUMNS: tuple[Column, ...] = (
+    Column("protocol", "string", False, "name of the rules (protocol) ranked under"),
+    Column("rules_version", "string", True, "version of those rules (absent in rankings written before it)"),
+    Column("run_id", "string", True, "the run"),
+    Column("submission_id", "string", False, "the submission"),
+    Column("team_id", "string", False, "team number"),
+    Column("name", "string", False, "method name"),
+    Column("status", "string", False, "the submission's status in the run"),
+    Column("role", "string", False, "`entry`, `baseline` or `reference`"),
+    Column("baseline_submission_id", "string", True, "the submission taken as baseline (same on every row; null "
+                                                     "when the run holds none)"),
+    Column("baseline_selection", "string", False, "how: `identity`, `explicit`, `explicit-unverified` or `absent`"),
+    Column("baseline_check", "string", False, "what was compared against the published figures"),
+    Column("gate_pass", "bool", False, "passes every PSNR gate"),
+    Column("gate_reason", "string", False, "each gate's comparison, dB"),
+    Column("val_psnr_db", "double", True, "PSNR on the split of the valid role"),
+    Column("test_psnr_db", "double", True, "PSNR on the split of the test role"),
+    Column("<metric>", "double", True, "the metric's value (unit in its name; a `splits` metric combines the "
+                                       "valid and test roles as the protocol says)"),
+    Column("val_<metric>", "double", True, "a `splits` metric on the split of the valid role"),
+    Column("test_<metric>", "double", True, "a `splits` metric on the split of the test role"),
+    Column("metric_rank_<metric>", "int64", True, "the row's rank on that metric among rows ranked"),
+    Column("metric_score_<metric>", "double", True, "exp-ratio score of the metric, exp(factor * m / m_baseline)"),
+    Column("score_<track>", "double", True, "the track's score (rank sum or weighted exp-ratio sum)"),
+    Column("rank_<track>", "int64", True, "the track's rank; null when not ranked in it"),
+    Column("<metric>_ci_low", "double", True, "bootstrap interval of a runtime metric, lower end (same unit)"),
+    Column("<metric>_ci_high", "double", True, "its upper end"),
+    Column("score_<track>_ci_low", "double", True, "bootstrap interval of the track's score, lower end"),
+    Column("score_<track>_ci_high", "double", True, "its upper end"),
+    Column("rank_<track>_ci_low", "int64", True, "bootstrap interval of the track's rank, best end"),
+    Column("rank_<track>_ci_high", "int64", True, "its worst end"),
+    Column("tied_with_<track>", "string", True, "comma-separated submission_ids whose rank intervals overlap "
+                                                "(empty: none; null: not ranked or no samples)"),
+    Column("excluded_reason", "string", True, "why the row is not ranked in some track; null when ranked in all"),
+    Column("run_integrity", "string", True, "`verified`, `unverified`, `tampered`, `split-changed` or "
+                                            "`tampered+split-changed` (same on every row)"),
+    Column("run_integrity_findings", "string", True, "the run's integrity findings; null when none"),
+    Column("integrity", "string", True, "which of the row's part files were not read, and why"),
+)
+RANKINGS_METADATA: tuple[Column, ...] = (
+    Column("esr_eval.protocol", "string", False, "name of the rules"),
+    Column("esr_eval.protocol_source", "string", False, "the rules' file"),
+    Column("esr_eval.rules_sha256", "string", False, "sha256 of the rules as applied (every field but the "
+                                                     "file's path, after --baseline, --resamples, split overrides)"),
+    Column("esr_eval.run_sha256", "string", False, "`run_sha256` of the run folder when ranked"),
+    Column("esr_eval.integrity", "string", False, "JSON: the run's integrity summary when ranked"),
+)
+
+RUN_JSON_NAME = "run.json"
+RUN_JSON_DOC = ("Provenance of a run, written by the driver at its start and rewritten at its end "
+                "(`esr_eval.provenance.run_metadata` and the callers that add to it). A run folder written by hand or "
+                "by the tests' synthetic-run writer may hold other keys.")
+RUN_JSON_KEYS: tuple[Column, ...] = (
+    Column("run_id", "string", False, "the run"),
+    Column("created_unix_s", "number", False, "when the driver started the run, Unix time"),
+    Column("driver", "string", False, "`in-process` (`esr-eval evaluate`) or `ray`"),
+    Column("driver_host", "string", False, "host of the driver"),
+    Column("device", "string", False, "device the submissions ran on: `cpu`, `cuda`, `cuda:N`"),
+    Column("timing_protocol", "object", False, "the timing protocol: `id` and every setting"),
+    Column("splits", "array", False, "per split: `name`, `scale`, `num_images`, `sha256` at the start"),
+    Column("submissions", "array", False, "submission_ids asked for"),
+    Column("environment", "object", False, "library versions and the esr-eval git sha (`esr_eval.provenance`)"),
+    Column("ledger", "string", False, "`ledger.json`: the run keeps a ledger (so a deleted one reads as tampering)"),
+    Column("ray_address", "string", True, "Ray cluster connected to (ray driver)"),
+    Column("ray_address_source", "string", True, "why that address"),
+    Column("device_requested", "string", True, "`--device` as given"),
+    Column("gpus_required", "number", True, "GPUs the run waited for"),
+    Column("device_kinds_measured", "array", True, "device kinds of the submission rows, at the end"),
+    Column("scheduling", "string", True, "`gpu` or `cpu` actors"),
+    Column("slots", "number", True, "actors run at once, at the end"),
+    Column("gpu_models", "array", True, "GPU models of the cluster"),
+    Column("allow_mixed_gpus", "boolean", True, "`--allow-mixed-gpus`"),
+    Column("gpu_model_pinned", "string", True, "`--gpu-model`"),
+    Column("makespan_s", "number", True, "wall time of the measuring"),
+    Column("skipped_as_complete", "array", True, "submission_ids kept from an earlier attempt of the run"),
+    Column("splits_verified_at_end", "object", True, "the split files re-hashed at the end: `checked_at_unix_s`, "
+                                                     "`ok`, `changed` (name, sha256_start, sha256_end, error)"),
+)
+
+LEDGER_NAME = "ledger.json"
+LEDGER_FORMAT = "esr-eval-ledger-v1"
+LEDGER_DOC = "What the driver wrote (module doc of `esr_eval.records`, \"Integrity\"); rewritten after every write."
+LEDGER_KEYS: tuple[Column, ...] = (
+    Column("format", "string", False, f"`{LEDGER_FORMAT}`"),
+    Column("run_id", "string", False, "the run"),
+    Column("files", "object", False, "relative path → `sha256` and `size` (bytes) of what was written, "
+                                     "`written_at_unix_s`, and `adopted` for files of a run older than the ledger"),
+)
+
+
+def rankings_column(name: str) -> Column:
+    """The specification of one rankings column (the most specific that matches); ValueError if none does."""
+    matching = [c for c in RANKINGS_COLUMNS if c.matches(name)]
+    if not matching:
+        raise ValueError(f"rankings column {name!r} is not specified in esr_eval.records.RANKINGS_COLUMNS")
+    return max(matching, key=lambda c: c.fixed_chars)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]], left: Iterable[int] = ()) -> str:
+    """A Markdown (pipe) table of text cells through pandas/tabulate; columns in ``left`` are
+    left-aligned, the rest right-aligned. ``|`` is escaped and line breaks become spaces."""
+    import pandas as pd
+
+    def cell(text: str) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    left = set(left)
+    frame = pd.DataFrame([[cell(c) for c in row] for row in rows], columns=range(len(header)))
+    return frame.to_markdown(index=False, headers=[cell(h) for h in header], disable_numparse=True,
+                             colalign=["left" if i in left else "right" for i in range(len(header))])
+
+
+def _spec_section(title: str, doc: str, spec: Sequence[Column], what: str = "column") -> list[str]:
+    rows = [(f"`{c.name}`", c.type, "yes" if c.nullable else "no", c.meaning) for c in spec]
+    return [f"## {title}", "", doc, "", markdown_table((what, "type", "nullable", "meaning"), rows, (0, 1, 2, 3)), ""]
+
+
 def schema_markdown() -> str:
-    """The column reference (docs/SCHEMA.md) generated from the dataclasses."""
+    """The reference of everything a run folder holds (docs/SCHEMA.md), generated from the definitions above."""
     lines = ["# Run folder schema", "",
-             "Generated by `esr_eval.records.schema_markdown()`; the dataclasses in `esr_eval/records.py` "
-             "are the single definition.", ""]
+             "Generated by `esr_eval.records.schema_markdown()` from `esr_eval/records.py`, the single definition.",
+             ""]
     for table, row_type in TABLES.items():
-        lines += [f"## `{table}`", "", row_type.__doc__.strip(), "", "| column | type | nullable |", "|---|---|---|"]
-        for f in arrow_schema(row_type):
-            lines.append(f"| `{f.name}` | {f.type} | {'yes' if f.nullable else 'no'} |")
-        lines.append("")
+        spec = [Column(f.name, str(f.type), f.nullable, field_.metadata["meaning"])
+                for f, field_ in zip(arrow_schema(row_type), fields(row_type))]
+        lines += _spec_section(f"`{table}`", row_type.__doc__.strip(), spec)
+    lines += _spec_section(f"`{RANKINGS}`", RANKINGS_DOC, RANKINGS_COLUMNS)
+    lines += _spec_section(f"`{RANKINGS}` Parquet metadata", "What the rankings were made from.",
+                           RANKINGS_METADATA, "key")
+    lines += _spec_section(f"`{RUN_JSON_NAME}`", RUN_JSON_DOC, RUN_JSON_KEYS, "key")
+    lines += _spec_section(f"`{LEDGER_NAME}`", LEDGER_DOC, LEDGER_KEYS, "key")
     return "\n".join(lines)
+
+
+# --- the one writer -------------------------------------------------------------------------------
 
 
 def file_entry(data: bytes) -> dict:
@@ -218,9 +415,11 @@ def file_entry(data: bytes) -> dict:
     return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "written_at_unix_s": time.time()}
 
 
-def _atomic_write(path: Path, write) -> dict:
-    """Write through a temporary file and rename; returns the :func:`file_entry` of the bytes
-    written, hashed before the rename (the file as this writer produced it)."""
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> dict:
+    """``write(temporary)`` then rename the temporary file (same folder) onto ``path``; returns the
+    :func:`file_entry` of the bytes written, hashed before the rename (the file as this writer produced it).
+    A failed write leaves nothing behind."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         write(tmp)
@@ -249,7 +448,7 @@ def write_part(run_dir: Path, table: str, rows: list, part_name: str) -> tuple[P
     folder = Path(run_dir) / table
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{part_name}.parquet"
-    return path, _atomic_write(path, lambda tmp: pq.write_table(arrow_table, tmp))
+    return path, atomic_write(path, lambda tmp: pq.write_table(arrow_table, tmp))
 
 
 def write_json(path: Path, payload: dict, indent: int | None = 2) -> dict:
@@ -261,25 +460,107 @@ def write_json(path: Path, payload: dict, indent: int | None = 2) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(payload, indent=indent, sort_keys=True, default=str,
                       separators=None if indent else (",", ":"))
-    return _atomic_write(path, lambda tmp: tmp.write_text(text))
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def read_table(run_dir: Path, table: str):
-    """The whole table as a pandas DataFrame (empty, with the right columns, if absent)."""
+def _typed_column(arrow: pa.Table, name: str) -> pa.ChunkedArray:
+    """Column ``name`` of ``arrow`` cast to its type in :data:`RANKINGS_COLUMNS`."""
+    spec = rankings_column(name)
+    try:
+        return arrow.column(name).cast(spec.type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise ValueError(f"rankings column {name!r} ({arrow.schema.field(name).type}) does not fit its "
+                         f"specification `{spec.name}` ({spec.type}) in esr_eval.records.RANKINGS_COLUMNS") from exc
+
+
+def write_rankings(run_dir: Path, rankings: pd.DataFrame, metadata: Mapping[str, str]) -> Path:
+    """Write ``<run_dir>/rankings/part-00000.parquet`` atomically (a re-rank replaces it): each column
+    typed as :data:`RANKINGS_COLUMNS` specifies, ``metadata`` (the keys of :data:`RANKINGS_METADATA`)
+    in the Parquet metadata. A column or key not specified there is refused (ValueError)."""
+    unknown = set(metadata) - {c.name for c in RANKINGS_METADATA}
+    if unknown:
+        raise ValueError(f"rankings metadata {sorted(unknown)} not specified in esr_eval.records.RANKINGS_METADATA")
+    inferred = pa.Table.from_pandas(rankings, preserve_index=False)
+    typed = pa.table([_typed_column(inferred, name) for name in inferred.column_names], names=inferred.column_names)
+    extra = {key.encode(): value.encode() for key, value in metadata.items()}
+    typed = typed.replace_schema_metadata({**(inferred.schema.metadata or {}), **extra})
+    folder = Path(run_dir) / RANKINGS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / RANKINGS_PART_NAME
+    atomic_write(path, lambda tmp: pq.write_table(typed, tmp))
+    return path
+
+
+# --- the one reader ---------------------------------------------------------------------------------
+
+
+def _arrow(parts: list[bytes]) -> pa.Table:
+    """One table from the bytes of its part files (the very bytes that were hashed, where they were)."""
+    return pa.concat_tables([pq.read_table(pa.BufferReader(data)) for data in parts], promote_options="default")
+
+
+def _empty_frame(table: str) -> pd.DataFrame:
     import pandas as pd
 
-    folder = Path(run_dir) / table
-    if not folder.is_dir() or not any(folder.glob("*.parquet")):
-        return arrow_schema(TABLES[table]).empty_table().to_pandas() if table in TABLES else pd.DataFrame()
-    return pd.read_parquet(folder)
+    return arrow_schema(TABLES[table]).empty_table().to_pandas() if table in TABLES else pd.DataFrame()
 
+
+def _frame(table: str, parts: list[bytes]) -> pd.DataFrame:
+    """``table`` as a DataFrame from the bytes of its part files; empty, with its columns, without any."""
+    return _arrow(parts).to_pandas() if parts else _empty_frame(table)
+
+
+def _part_files(run_dir: Path, table: str) -> list[str]:
+    """Relative paths of every file under ``<run_dir>/<table>`` that a reader could take for data
+    (pandas reads every file not starting with ``.`` or ``_``, in sub-folders too)."""
+    folder = Path(run_dir) / table
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(run_dir)
+        if not any(part.startswith((".", "_")) for part in relative.parts) and not path.is_dir():
+            found.append(relative.as_posix())
+    return found
+
+
+def read_table(run_dir: Path, table: str) -> pd.DataFrame:
+    """The whole table, every part file unchecked (empty, with the right columns, if absent); for the
+    driver's tables of a run with a ledger, :func:`read_verified` reads only what the driver wrote."""
+    return _frame(table, [(Path(run_dir) / relpath).read_bytes() for relpath in _part_files(run_dir, table)])
+
+
+@dataclass(frozen=True)
+class StoredRankings:
+    """``rankings/`` as written: the table and its Parquet metadata (keys of :data:`RANKINGS_METADATA`)."""
+
+    table: pd.DataFrame
+    metadata: Mapping[str, str]
+
+
+def read_rankings(run_dir: Path) -> StoredRankings | None:
+    """The run's ``rankings/``; None when there is none or it is not a Parquet file."""
+    path = Path(run_dir) / RANKINGS / RANKINGS_PART_NAME
+    try:
+        arrow = _arrow([path.read_bytes()])
+    except (OSError, pa.ArrowException):
+        return None
+    keys = {c.name for c in RANKINGS_METADATA}
+    metadata = {k.decode(): v.decode() for k, v in (arrow.schema.metadata or {}).items() if k.decode() in keys}
+    return StoredRankings(arrow.to_pandas(), metadata)
+
+
+def run_sha256(run_dir: Path) -> str:
+    """sha256 over the path and sha256 of every file a ranking reads or checks (table parts,
+    ``run.json``, ``ledger.json``): it changes whenever the run does."""
+    run_dir = Path(run_dir)
+    paths = table_files(run_dir) + [name for name in (RUN_JSON_NAME, LEDGER_NAME) if (run_dir / name).is_file()]
+    lines = "".join(f"{relpath}\t{file_sha256(run_dir / relpath)}\n" for relpath in paths)
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 # --- the ledger and verified reading (module doc, "Integrity") ----------------------------------
 
-LEDGER_NAME = "ledger.json"
-LEDGER_FORMAT = "esr-eval-ledger-v1"
-RUN_JSON_NAME = "run.json"
 MAX_LISTED_FINDINGS = 12
 
 
@@ -306,35 +587,11 @@ def is_ledger_path(relpath: str) -> bool:
 
 
 def table_files(run_dir: Path) -> list[str]:
-    """Relative paths of every file under the table folders that a reader could take for data
-    (pandas reads every file not starting with ``.`` or ``_``, in sub-folders too)."""
-    run_dir = Path(run_dir)
-    found = []
-    for table in TABLES:
-        folder = run_dir / table
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.rglob("*")):
-            relative = path.relative_to(run_dir)
-            if any(part.startswith((".", "_")) for part in relative.parts) or path.is_dir():
-                continue
-            found.append(relative.as_posix())
-    return found
+    """Relative paths of every file under the driver's table folders that a reader could take for data."""
+    return [relpath for table in TABLES for relpath in _part_files(run_dir, table)]
 
 
-def _empty_frame(table: str):
-    return arrow_schema(TABLES[table]).empty_table().to_pandas()
-
-
-def _frame(table: str, parts: list[bytes]):
-    """One table from the bytes of its part files (the very bytes that were hashed)."""
-    if not parts:
-        return _empty_frame(table)
-    arrow_tables = [pq.read_table(pa.BufferReader(data)) for data in parts]
-    return pa.concat_tables(arrow_tables, promote_options="default").to_pandas()
-
-
-def read_parts(run_dir: Path, table: str, files: Mapping[str, dict]):
+def read_parts(run_dir: Path, table: str, files: Mapping[str, dict]) -> pd.DataFrame:
     """``table`` from the parts ``files`` (a ledger's ``files``) records whose bytes still match; the rest is not read."""
     parts = []
     for relpath in sorted(files):
@@ -422,7 +679,7 @@ class RunIntegrity:
             return (f"SPLIT CHANGED MID-RUN: {split[len('split changed mid-run: '):]}. Entries measured after the "
                     "change were scored on other data: evaluate again on intact, read-only data.")
         if self.unverified:
-            return (f"UNVERIFIED RUN: {self.run_dir} holds no {LEDGER_NAME} (written by hand, by esr_eval.synthetic "
+            return (f"UNVERIFIED RUN: {self.run_dir} holds no {LEDGER_NAME} (written by hand, by a synthetic-run writer "
                     "or by an esr-eval older than the ledger), so its files could not be checked against what "
                     "the driver wrote.")
         return None
@@ -557,3 +814,30 @@ def read_verified(run_dir: str | Path, table: str, strict: bool = False):
             raise RunIntegrityError(integrity.banner())
         warnings.warn(integrity.banner(), RunIntegrityWarning, stacklevel=2)
     return integrity.tables[table]
+
+
+@dataclass(frozen=True)
+class RunTables:
+    """The driver's tables of one run folder, from verified parts (``samples`` None when the run has
+    none), its ``run.json`` and what :func:`verify_run` found."""
+
+    submissions: pd.DataFrame
+    splits: pd.DataFrame
+    samples: pd.DataFrame | None = None
+    run_info: Mapping[str, Any] = field(default_factory=dict)
+    run_dir: Path | None = None
+    integrity: RunIntegrity | None = None
+
+
+def read_run(run_dir: str | Path) -> RunTables:
+    """``submissions``, ``splits``, ``samples`` and ``run.json`` of a ``results/<run_id>`` folder, only
+    from the files its ledger records and verifies (module doc, "Integrity")."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "submissions").exists():
+        raise FileNotFoundError(
+            f"{run_dir / 'submissions'} not found: pass a run folder (results/<run_id>) written by esr-eval")
+    integrity = verify_run(run_dir, read=tuple(TABLES))
+    samples = integrity.tables["samples"]
+    return RunTables(submissions=integrity.tables["submissions"], splits=integrity.tables["splits"],
+                     samples=samples if len(samples) else None, run_info=dict(integrity.run_info),
+                     run_dir=run_dir, integrity=integrity)

@@ -1,11 +1,15 @@
 """Publishable report of a ranked run: ``report.html`` (self-contained) and ``report.md`` + PNG plots.
 
 Contract
-- ``write_report(run_dir, protocol, out_dir=None) -> ReportPaths`` ranks the run folder under the
-  protocol (``esr_eval.ranking``, nothing written to the run) and writes to ``out_dir``
-  (default ``<run_dir>/report``):
-  * ``report.html``: CSS inline, plots embedded as base64 PNG, no external resource;
-  * ``report.md`` with the PNG files beside it (``psnr_vs_runtime.png``, ``scores_<track>.png``).
+- ``write_report(run_dir, protocol, out_dir=None) -> ReportPaths`` takes the run's rankings under the
+  protocol from ``<run_dir>/rankings`` when they were made by the same rules from the run as it is
+  now, and ranks again only otherwise (``esr_eval.ranking.rankings_for``; nothing written to the
+  run), so the report never disagrees with ``rankings/``. It writes to ``out_dir`` (default
+  ``<run_dir>/report``):
+  * ``report.html`` from the template ``esr_eval/templates/report.html`` (Jinja2, every value
+    escaped): CSS inline, plots embedded as base64 PNG, no external resource;
+  * ``report.md`` with the PNG files beside it (``psnr_vs_runtime.png``, ``scores_<track>.png``);
+    its tables through ``esr_eval.records.markdown_table`` (pandas).
 - Sections: summary of the rules and of the baseline taken (which submission, identity match or
   explicit, what was verified); the challenge's results table (team, method, val/test PSNR,
   val/test/average runtime, params [M], FLOPs [G], activations [M], memory [MB], #conv, each
@@ -14,11 +18,14 @@ Contract
   provenance from ``run.json`` and the protocol.
 - Plots (matplotlib, no pyplot state): PSNR vs average runtime per role with the Pareto front of
   ranked entries and the gate line; one bar chart of scores per track with interval whiskers.
+  matplotlib is the optional extra ``esr-eval[report]``: without it the report has every table
+  and says, where each plot would be, that plots need it (``PLOTS_MISSING``).
 - Integrity (``esr_eval.records.verify_run``): only the part files the run's ledger records and
   verifies are read. A tampered run's report starts with the line ``TAMPERED RUN: <findings>``, a
   run whose split files changed mid-run with ``SPLIT CHANGED MID-RUN: ...``, a run without ledger
   with ``UNVERIFIED RUN: ...`` (Markdown: the first line; HTML: a comment before the doctype, the
   title, and a red banner above the heading); provenance lists ``run.integrity.*``.
+- Imports neither torch nor Ray (directly or through other esr_eval modules).
 Rounding happens only here; units as in the column headers (dB, ms, M = 1e6, G = 1e9, MB = 2^20 B).
 Non-finite values (PSNR = +inf when a model returns the ground truth exactly): tables show "inf" /
 "-inf"; plots never take them into the axis limits, draw them clipped at the edge of the axes
@@ -27,29 +34,20 @@ and say so in a note on the plot.
 from __future__ import annotations
 
 import base64
-import html
 import functools
+import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
 
 from esr_eval.protocols import PSNR_COLUMN_BY_ROLE, RankingProtocol, load_protocol
-from esr_eval.ranking import (
-    ROLE_PREFIX,
-    baseline_summary,
-    gate_thresholds,
-    metrics_table,
-    rank,
-    read_run,
-    runtime_metric_names,
-    with_integrity,
-)
+from esr_eval.ranking import ROLE_PREFIX, baseline_summary, gate_thresholds, rankings_for, runtime_metric_names
+from esr_eval.records import markdown_table, read_run
 
 MISSING = "–"
 # PSNR-vs-runtime axes: points further than this below the ranked entries / gate, or further off
@@ -58,25 +56,6 @@ FOCUS_MARGIN_DB = 0.4
 FOCUS_RUNTIME_FACTOR = 3.0
 MAX_CLIPPED_LABELS = 6
 MAX_NONFINITE_LINES = 3  # non-finite points listed under a PSNR-vs-runtime panel
-CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px 32px;
-       color: #1d2330; background: #fff; font-size: 14px; }
-h1 { font-size: 24px; margin-bottom: 4px; } h2 { font-size: 19px; margin-top: 32px;
-     border-bottom: 2px solid #dfe3ea; padding-bottom: 4px; }
-p.note { color: #4a5568; max-width: 1100px; line-height: 1.45; }
-table { border-collapse: collapse; margin: 10px 0 18px; font-size: 12.5px; }
-th, td { border: 1px solid #d5dae3; padding: 3px 7px; text-align: right; white-space: nowrap; }
-th { background: #eef1f6; white-space: normal; vertical-align: bottom; min-width: 36px; }
-td.text, th.text { text-align: left; white-space: normal; max-width: 520px; }
-tr:nth-child(even) td { background: #f8f9fb; }
-tr.baseline td { background: #fff4d6; } tr.reference td { background: #eef6ee; }
-tr.unranked td { color: #7a8394; }
-img { max-width: 100%; border: 1px solid #e3e6ec; margin: 6px 0 14px; }
-div.side { display: flex; gap: 20px; align-items: flex-start; flex-wrap: wrap; }
-div.side img { flex: 1 1 360px; min-width: 0; max-width: 700px; height: auto; }
-div.side table { flex: none; margin-top: 6px; }
-div.side td.text { max-width: 280px; }
-"""
 
 
 @dataclass(frozen=True)
@@ -299,8 +278,13 @@ def _focus_limits(
     return (x.min() / 1.15, x.max() * 1.15), (low_db - pad_db, high_db + pad_db)
 
 
+PLOTS_MISSING = "Plot omitted: matplotlib is not installed (pip install 'esr-eval[report]')."
+
+
 def _plain_log_ticks(axis: Any) -> None:
     """Log-axis tick labels as plain numbers: every decade, and minor ticks at 2x and 5x only."""
+    from matplotlib.ticker import FuncFormatter
+
     def minor(value: float, _: int) -> str:
         mantissa = round(value / 10 ** np.floor(np.log10(value))) if value > 0 else 0
         return f"{value:g}" if mantissa in (2, 5) else ""
@@ -310,6 +294,8 @@ def _plain_log_ticks(axis: Any) -> None:
 
 
 def _plot_psnr_vs_runtime(rankings: pd.DataFrame, protocol: RankingProtocol, path: Path) -> None:
+    from matplotlib.figure import Figure
+
     runtime_metric = next(m for m in protocol.metrics if m.name in runtime_metric_names(protocol))
     roles = ("valid",) if protocol.split_for("valid") == protocol.split_for("test") else ("valid", "test")
     thresholds = {g.role: g for g in gate_thresholds(rankings, protocol)}
@@ -387,6 +373,8 @@ def _plot_psnr_vs_runtime(rankings: pd.DataFrame, protocol: RankingProtocol, pat
 
 
 def _plot_scores(rankings: pd.DataFrame, protocol: RankingProtocol, track_name: str, path: Path) -> None:
+    from matplotlib.figure import Figure
+
     track = protocol.track(track_name)
     ranked = rankings[rankings[f"rank_{track_name}"].notna()].sort_values(f"rank_{track_name}", kind="stable")
     figure = Figure(figsize=(5.6, 1.2 + 0.2 * max(len(ranked), 1)), dpi=110, layout="constrained")
@@ -448,8 +436,8 @@ def _sections(
     level = f"{protocol.confidence.level:.0%}"
     sections = [
         _Section("Results", _rules_note(rankings, protocol), _results_table(rankings, protocol)),
-        _Section("PSNR vs runtime", "Pareto front of ranked entries (red) and the PSNR gate (dashed).",
-                 image=plots["psnr_vs_runtime"]),
+        _Section("PSNR vs runtime", "Pareto front of ranked entries (red) and the PSNR gate (dashed)."
+                 if "psnr_vs_runtime" in plots else PLOTS_MISSING, image=plots.get("psnr_vs_runtime")),
     ]
     for track in protocol.tracks:
         note = (
@@ -459,7 +447,8 @@ def _sections(
             else "Scores from deterministic counts (no sampling noise), so no intervals."
         )
         table = _track_table(rankings, protocol, track.name)
-        sections.append(_Section(track.title, note, table, plots[f"scores_{track.name}"]))
+        image = plots.get(f"scores_{track.name}")
+        sections.append(_Section(track.title, note if image else f"{note} {PLOTS_MISSING}", table, image))
     sections.append(_Section("Not ranked", "Every submission of the run appears above; these are not ranked, and why.",
                              _excluded_table(rankings)))
     flags = _flags_table(submissions, splits)
@@ -473,46 +462,20 @@ def _sections(
     return sections
 
 
-def _html_table(table: _Table) -> str:
-    def cell(tag: str, text: str, column: int) -> str:
-        css = ' class="text"' if column in table.text_columns else ""
-        return f"<{tag}{css}>{html.escape(text)}</{tag}>"
-
-    head = "".join(cell("th", h, i) for i, h in enumerate(table.header))
-    body = "\n".join(
-        f'<tr class="{css}">' + "".join(cell("td", c, i) for i, c in enumerate(row)) + "</tr>"
-        for row, css in zip(table.rows, table.row_classes)
-    )
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+@functools.cache
+def _page_template() -> jinja2.Template:
+    environment = jinja2.Environment(loader=jinja2.PackageLoader("esr_eval", "templates"), autoescape=True,
+                                     trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+                                     undefined=jinja2.StrictUndefined)
+    return environment.get_template("report.html")
 
 
-def _markdown_table(table: _Table) -> str:
-    def escape(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(escape(h) for h in table.header) + " |",
-             "|" + "|".join(":---" if i in table.text_columns else "---:" for i in range(len(table.header))) + "|"]
-    lines += ["| " + " | ".join(escape(c) for c in row) + " |" for row in table.rows]
-    return "\n".join(lines)
-
-
-def _render_html(title: str, sections: list[_Section]) -> str:
-    parts = [f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>',
-             f"<style>{CSS}</style>\n</head>\n<body>\n<h1>{html.escape(title)}</h1>"]
-    for section in sections:
-        parts.append(f"<h2>{html.escape(section.title)}</h2>")
-        if section.note:
-            parts.append(f'<p class="note">{html.escape(section.note)}</p>')
-        body = []
-        if section.image is not None:
-            encoded = base64.b64encode(section.image.read_bytes()).decode("ascii")
-            body.append(f'<img alt="{html.escape(section.title)}" src="data:image/png;base64,{encoded}">')
-        if section.table is not None:
-            body.append(_html_table(section.table))
-        side_by_side = section.image is not None and section.table is not None
-        parts.append('<div class="side">\n' + "\n".join(body) + "\n</div>" if side_by_side else "\n".join(body))
-    parts.append("</body>\n</html>\n")
-    return "\n".join(parts)
+def _render_html(title: str, sections: list[_Section], banner: str | None) -> str:
+    views = [{"title": s.title, "note": s.note, "table": s.table,
+              "image_base64": base64.b64encode(s.image.read_bytes()).decode("ascii") if s.image else None}
+             for s in sections]
+    return _page_template().render(title=title, sections=views, banner=banner,
+                                   banner_kind=banner.split(":")[0] if banner else None)
 
 
 def _render_markdown(title: str, sections: list[_Section]) -> str:
@@ -524,38 +487,37 @@ def _render_markdown(title: str, sections: list[_Section]) -> str:
         if section.image is not None:
             parts.append(f"![{section.title}]({section.image.name})")
         if section.table is not None:
-            parts.append(_markdown_table(section.table))
+            parts.append(markdown_table(section.table.header, section.table.rows, section.table.text_columns))
     return "\n\n".join(parts) + "\n"
 
 
-def write_report(
-    run_dir: str | Path, protocol: RankingProtocol | str | Path, out_dir: str | Path | None = None
-) -> ReportPaths:
-    """Rank ``run_dir`` under ``protocol`` and write report.html, report.md and plots (module doc)."""
-    protocol = protocol if isinstance(protocol, RankingProtocol) else load_protocol(protocol)
-    run_dir = Path(run_dir)
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tables = read_run(run_dir)
-    rankings = with_integrity(rank(metrics_table(tables, protocol), protocol, samples=tables.samples), tables.integrity)
+def _write_plots(rankings: pd.DataFrame, protocol: RankingProtocol, out_dir: Path) -> dict[str, Path]:
     plots = {"psnr_vs_runtime": out_dir / "psnr_vs_runtime.png"}
     _plot_psnr_vs_runtime(rankings, protocol, plots["psnr_vs_runtime"])
     for track in protocol.tracks:
         plots[f"scores_{track.name}"] = out_dir / f"scores_{track.name}.png"
         _plot_scores(rankings, protocol, track.name, plots[f"scores_{track.name}"])
-    run_id = tables.run_info.get("run_id", run_dir.name)
-    title = f"{protocol.name} results — run {run_id}"
+    return plots
+
+
+def write_report(
+    run_dir: str | Path, protocol: RankingProtocol | str | Path, out_dir: str | Path | None = None
+) -> ReportPaths:
+    """Write report.html, report.md and plots of ``run_dir``'s rankings under ``protocol`` (module doc)."""
+    protocol = protocol if isinstance(protocol, RankingProtocol) else load_protocol(protocol)
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables = read_run(run_dir)
+    rankings = rankings_for(tables, protocol)
+    plots = _write_plots(rankings, protocol, out_dir) if importlib.util.find_spec("matplotlib") else {}
+    title = f"{protocol.name} results — run {tables.run_info.get('run_id', run_dir.name)}"
     integrity = tables.integrity
     run_info = {**tables.run_info, "integrity": integrity.summary()} if integrity is not None else tables.run_info
     sections = _sections(rankings, run_info, protocol, plots, tables.submissions, tables.splits)
+    banner = integrity.banner() if integrity is not None else None  # tampered / split changed / unverified
+    markdown = _render_markdown(title, sections)
     paths = ReportPaths(out_dir / "report.html", out_dir / "report.md", tuple(plots.values()))
-    page, markdown = _render_html(title, sections), _render_markdown(title, sections)
-    banner = integrity.banner() if integrity is not None else None
-    if banner:  # tampered / split changed / unverified: the first line of each file, the top of the page
-        markdown = f"{banner}\n\n{markdown}"
-        page = f"<!-- {banner.replace('--', '- -')} -->\n" + page.replace("<body>\n", (
-            '<body>\n<p style="background:#c53030;color:#fff;font-weight:bold;padding:10px 14px;font-size:15px">'
-            f"{html.escape(banner)}</p>\n"), 1).replace("<title>", f"<title>{html.escape(banner.split(':')[0])}: ", 1)
-    paths.html.write_text(page, encoding="utf-8")
-    paths.markdown.write_text(markdown, encoding="utf-8")
+    paths.html.write_text(_render_html(title, sections, banner), encoding="utf-8")
+    paths.markdown.write_text(f"{banner}\n\n{markdown}" if banner else markdown, encoding="utf-8")
     return paths

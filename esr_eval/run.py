@@ -24,6 +24,10 @@ Contract
   (marked ``adopted``). :func:`recheck_splits` re-hashes the split files at the end of a run
   (``run.json`` ``splits_verified_at_end``); :meth:`RunFolder.closing_lines` is what the driver
   prints last, the ledger's digest among it.
+* Every file is written through ``esr_eval.records`` (its one atomic writer; ``run.json``'s keys are
+  ``records.RUN_JSON_KEYS``). Importing this module loads neither torch, Ray nor the input pipeline:
+  which splits a run reads and their end-of-run re-check live in ``esr_eval.data``; what
+  ``run.json`` says about the environment comes from ``esr_eval.provenance.run_metadata`` (torch).
 """
 
 from __future__ import annotations
@@ -37,10 +41,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from esr_eval.data import Split, discover_splits, embedded_split, folder_split, official_split, validate_split
-from esr_eval.loading import file_sha256
-from esr_eval.manifest import Submission
+from esr_eval.hashing import file_sha256
 from esr_eval.records import (
     LEDGER_NAME,
     RUN_JSON_NAME,
@@ -56,8 +59,12 @@ from esr_eval.records import (
     write_part,
 )
 
+if TYPE_CHECKING:
+    from esr_eval.data import Split
+    from esr_eval.manifest import Submission
+
 __all__ = ["RunFolder", "RunIntegrity", "RunLockedError", "fingerprint", "new_run_id", "read_verified",
-           "recheck_splits", "resolve_splits", "run_metadata", "summary_frame", "verify_run"]
+           "summary_frame", "verify_run"]
 
 LOCK_NAME = "driver.lock"
 RESUMABLE_STATUSES = ("ok", "error")
@@ -78,27 +85,6 @@ def fingerprint(sub: Submission, protocol_id: str, splits: list[Split]) -> str:
              file_sha256(checkpoint) if checkpoint is not None and checkpoint.is_file() else "no-checkpoint",
              protocol_id, *sorted(f"{s.name}:{s.sha256}" for s in splits)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
-
-
-def resolve_splits(data_root: Path | None, names: list[str] | None, pairs: list[tuple[str, str, str]] | None,
-                   scale: int = 4) -> list[Split]:
-    """The splits to evaluate, all decoded once here so bad files fail before any model runs.
-
-    No data root and no pairs → the embedded default split.
-    """
-    splits: list[Split] = []
-    if data_root is not None:
-        if names:
-            splits += [official_split(Path(data_root), name, scale) for name in names]
-        else:
-            splits += list(discover_splits(Path(data_root), scale))
-    for name, hr_dir, lr_dir in pairs or []:
-        splits.append(folder_split(name, Path(hr_dir), Path(lr_dir), scale))
-    if not splits:
-        splits = [embedded_split()]
-    for split in splits:
-        validate_split(split)
-    return splits
 
 
 @dataclass
@@ -132,7 +118,7 @@ class RunFolder:
         if locked:
             self.unlock()
         if discard_if_empty and self.created and not any(p.is_dir() for p in self.path.iterdir()):
-            (self.path / "run.json").unlink(missing_ok=True)
+            (self.path / RUN_JSON_NAME).unlink(missing_ok=True)
             (self.path / LEDGER_NAME).unlink(missing_ok=True)
             if not any(self.path.iterdir()):
                 self.path.rmdir()
@@ -185,10 +171,6 @@ class RunFolder:
         files[RUN_JSON_NAME] = write_json(self.path / RUN_JSON_NAME, {**payload, "ledger": LEDGER_NAME})
         self._write_ledger()
 
-    def read_run_json(self) -> dict:
-        path = self.path / "run.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
-
     def write_result(self, result, fingerprint: str | None, attempts: int = 1) -> None:
         """Write one submission's rows; the submission row goes last (the commit point).
 
@@ -225,7 +207,7 @@ class RunFolder:
             try:
                 files = json.loads(path.read_text())["files"]
                 if isinstance(files, dict):
-                    self._ledger_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+                    self._ledger_sha256 = file_sha256(path)
                     return {k: v for k, v in files.items() if is_ledger_path(k) and isinstance(v, dict)}
             except (OSError, ValueError, KeyError, TypeError):
                 pass
@@ -302,43 +284,6 @@ class RunFolder:
             done = done[names.map(lambda name: any(model in name for model in known)).astype(bool)]
         return dict(zip(done["submission_id"], done["fingerprint"]))
 
-
-def run_metadata(run_id: str, protocol, splits: list[Split], submissions: list[Submission], driver: str,
-                 device: str, extra: dict | None = None) -> dict:
-    """The facts ``run.json`` holds (per-node device facts are on every submission row)."""
-    from esr_eval.provenance import environment
-
-    return {
-        "run_id": run_id,
-        "created_unix_s": time.time(),
-        "driver": driver,
-        "driver_host": socket.gethostname(),
-        "device": device,
-        "timing_protocol": {"id": protocol.protocol_id, **dataclasses.asdict(protocol)},
-        "splits": [{"name": s.name, "scale": s.scale, "num_images": len(s.pairs), "sha256": s.sha256}
-                   for s in splits],
-        "submissions": [s.submission_id for s in submissions],
-        "environment": environment(),
-        **(extra or {}),
-    }
-
-
-def recheck_splits(splits: list[Split]) -> dict:
-    """Re-hash every split's files now and compare with the digest taken at the start of the run.
-
-    ``Split.sha256`` is cached on the instance, so each split is re-hashed through a fresh ``Split``
-    of the same pairs (same definition). Returns ``run.json``'s ``splits_verified_at_end``:
-    ``checked_at_unix_s``, ``ok`` and ``changed`` (name, sha256_start, sha256_end or the error).
-    """
-    changed = []
-    for split in splits:
-        try:
-            now, error = Split(split.name, split.scale, split.pairs).sha256, None
-        except OSError as exc:
-            now, error = None, f"{type(exc).__name__}: {exc}"
-        if now != split.sha256:
-            changed.append({"name": split.name, "sha256_start": split.sha256, "sha256_end": now, "error": error})
-    return {"checked_at_unix_s": time.time(), "ok": not changed, "changed": changed}
 
 
 def summary_frame(run_dir: Path):

@@ -64,6 +64,13 @@ MESSAGE_CHARS = 4000
 TRACEBACK_CHARS = 8000
 
 
+def _null_model(scale: int):
+    """The calibration stand-in: zeros of the output's shape, no model work."""
+    def zeros(t: torch.Tensor) -> torch.Tensor:
+        return t.new_zeros(t.shape[0], 3, t.shape[-2] * scale, t.shape[-1] * scale)
+    return zeros
+
+
 class _Traced(nn.Module):
     """The adapter as a module, so that ``torch.jit.trace`` can save what it records."""
 
@@ -92,11 +99,7 @@ class _Child:
 
     def forward(self, header: dict, arrays: list[np.ndarray]):
         x = torch.from_numpy(arrays[0]).to(self.device)
-        if header.get("null"):
-            scale = int(header["scale"])
-            fn = (lambda t: t.new_zeros(t.shape[0], 3, t.shape[-2] * scale, t.shape[-1] * scale))
-        else:
-            fn = self.adapter
+        fn = _null_model(int(header["scale"])) if header.get("null") else self.adapter
         pristine = x.clone() if header.get("check_mutation") else None
         with torch.inference_mode():
             out, latency_ms, wall_ms = self._call(fn, x)

@@ -3,7 +3,7 @@
 Contract
 --------
 * The files are pydantic v2 models built on :class:`Strict` (unknown keys forbidden, frozen, no
-  type coercion). A field states its fix once, as ``Field(json_schema_extra={"fix": ...})``;
+  type coercion). A field states its meaning and fix once, with :func:`about`;
   the same metadata (with ``description``) lands in the generated JSON Schemas for editors.
 * A validator that needs its own wording raises :func:`invalid` (problem text plus fix).
 * :func:`problems` turns a ``ValidationError`` into every :class:`Problem` of the document at
@@ -21,7 +21,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
 SHOWN_CHARS = 60  # a value quoted in an error message, escaped, at most this long
@@ -30,6 +30,7 @@ _WORDING = {
     "bool_type": "must be true or false", "string_type": "must be a text", "int_type": "must be a whole number",
     "float_type": "must be a number", "list_type": "must be a list", "tuple_type": "must be a list",
     "dict_type": "must be a mapping", "model_type": "must be a mapping", "model_attributes_type": "must be a mapping",
+    "string_pattern_mismatch": "is not of the accepted form",
 }
 
 
@@ -46,6 +47,11 @@ class Problem:
     field: str
     problem: str
     fix: str
+
+
+def about(description: str, fix: str, **kwargs: Any) -> Any:
+    """A model field stating its meaning (for the JSON Schema) and its fix (for error messages)."""
+    return Field(description=description, json_schema_extra={"fix": fix}, **kwargs)
 
 
 def printable(text: str, limit: int | None = SHOWN_CHARS) -> str:

@@ -7,7 +7,8 @@ Contract
   square, HR 4x that) are drawn with a seeded torch.Generator, images picked in proportion to
   their LR area, each patch flipped/transposed at random (the 8 dihedral transforms).
 - Optimisation: L1 loss, Adam, cosine learning-rate decay from `learning_rate` to
-  `learning_rate * FINAL_LR_FRACTION`; steps and base rate default to the model's RECIPES entry. Progress along the cosine is max(step / steps,
+  `learning_rate * FINAL_LR_FRACTION`; steps and base rate default to the model's RECIPES entry.
+  Progress along the cosine is max(step / steps,
   elapsed / time limit), so a run slowed by a busy machine still ends its schedule within
   `--minutes`; without contention the run is exactly `--steps` steps and reproducible.
   `torch.set_num_threads(2)`. Every model trains in its deployed (shipped) form; EFDN and SPAN

@@ -89,31 +89,3 @@ def factory(tmp_path) -> SubmissionFactory:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
-
-
-def logging_actor(log: Path):
-    """A driver actor class that appends ``node_id pid unix_time`` to ``log`` when its evaluate call
-    starts and ends: what tests of scheduling and node loss observe, now that the submission's own
-    code runs in a sandbox that can neither write there nor talk to Ray."""
-    from esr_eval.driver import SubmissionActor
-
-    class LoggingActor(SubmissionActor):
-        LOG = str(log)
-
-        def evaluate(self, sub, splits, config, run_id):
-            self._log()
-            try:
-                return super().evaluate(sub, splits, config, run_id)
-            finally:
-                self._log()
-
-        def _log(self) -> None:
-            import os
-            import time
-
-            import ray
-
-            with open(self.LOG, "a") as handle:
-                handle.write(f"{ray.get_runtime_context().get_node_id()} {os.getpid()} {time.time()}\n")
-
-    return LoggingActor

@@ -10,13 +10,12 @@ import yaml
 from esr_eval.check import CHECK_NAMES, FAIL, PASS, SKIPPED, WARN, check_submission
 from esr_eval.cli import main
 from esr_eval.data import embedded_split, load_pair
-from esr_eval.manifest import manifest_paths
+from esr_eval.evaluate import EvaluationConfig, evaluate_submission
+from esr_eval.manifest import manifest_paths, parse_manifest
 from esr_eval.quality import psnr_db
+from esr_eval.timing import OFFICIAL
 from tests.conftest import REPO_ROOT
-
-BROKEN = REPO_ROOT / "tests" / "fixtures" / "broken"
-PICKLE_MARKER = "ESR_EVAL_PICKLE_PAYLOAD_RAN"
-HANG_TIMEOUT_S = 5.0
+from tests.support.faults import BROKEN, FAULTS, HANG_TIMEOUT_S, PICKLE_MARKER, ids
 
 
 @pytest.fixture(autouse=True)
@@ -53,31 +52,10 @@ def test_control_passes_every_check():
     assert report.render().endswith("PASSED: 0 failed, 0 warnings, 0 skipped")
 
 
-BROKEN_CASES = [
-    # submission id, failing check, text in the message, text in the fix, checks after it still run
-    ("team40_ImportError", "import", "No module named 'esr_eval_fixture_missing_pkg'",
-     "install 'esr_eval_fixture_missing_pkg'", False),
-    ("team41_MissingCheckpoint", "load", "team41_MissingCheckpoint.pth does not exist", "checkpoint.path", False),
-    ("team42_WrongKeys", "load", "unexpected keys: module.head.weight", "checkpoint.key", False),
-    ("team43_WrongShapes", "load", "shape mismatch at head.weight", "constructor arguments", False),
-    ("team44_ForwardRaises", "forward", "raised RuntimeError: shape '[1, 3, 256, 256]' is invalid",
-     "any 1x3xHxW float tensor", False),
-    ("team45_WrongOutputShape", "forward", "output shape [1, 3, 252, 252] for a 1x3x64x64 input",
-     "upscale by exactly `scale` (4)", False),
-    ("team46_NaNOutput", "forward", "NaN or Inf", "division by zero", False),
-    ("team47_MutatesInput", "hygiene", "changes its input tensor in place", "x = x.clone()", True),
-    ("team48_Hangs", "forward", f"no answer within {HANG_TIMEOUT_S:g} s during forward", "endless loop", False),
-    ("team49_HardCrash", "forward", "died during forward (exit code 3)", "os._exit", False),
-    ("team50_CudaOOM", "forward", "out of memory: CUDA out of memory", "adapter: {tile:", False),
-    ("team51_PickleRunsCode", "load", "needs full unpickling, which could run arbitrary code; refused",
-     "trusted_pickle: true", False),
-    ("team52_TruncatedCheckpoint", "load", "truncated or corrupt", "re-download or re-save", False),
-    ("team53_WrongDataRange", "hygiene", "declared data_range 255 scores", "declare `data_range: 1.0`", True),
-]
-
-
-@pytest.mark.parametrize("sid, failing, message, fix, later_run", BROKEN_CASES, ids=[c[0] for c in BROKEN_CASES])
-def test_broken_fixture_fails_the_right_check_with_its_fix(sid, failing, message, fix, later_run, in_tmp_dir):
+@pytest.mark.parametrize("fault", FAULTS, ids=ids(FAULTS))
+def test_broken_fixture_fails_the_right_check_with_its_fix(fault, in_tmp_dir):
+    sid, failing, message, fix, later_run = (fault.sid, fault.check, fault.check_message, fault.check_fix_text,
+                                             fault.later_run)
     report = _check(sid, timeout_s=HANG_TIMEOUT_S) if sid == "team48_Hangs" else _check(sid)
     statuses = {r.name: r.status for r in report.results}
     assert list(statuses) == list(CHECK_NAMES)
@@ -91,6 +69,17 @@ def test_broken_fixture_fails_the_right_check_with_its_fix(sid, failing, message
     rendered = report.render()
     assert f"fix: {result.fix}" in rendered and rendered.startswith(f"esr-eval check {sid}")
     assert not (in_tmp_dir / PICKLE_MARKER).exists()
+
+
+@pytest.mark.parametrize("sid", ["team45_WrongOutputShape", "team46_NaNOutput"])
+def test_a_failure_is_worded_as_the_evaluators_error_row(sid):
+    """One pipeline: check runs the evaluator's stages, so its failure reads as the row the evaluator writes."""
+    report = _check(sid)
+    forward = report.result("forward")
+    row = evaluate_submission(parse_manifest(BROKEN / "model_zoo" / f"{sid}.yaml", BROKEN), [embedded_split()],
+                              EvaluationConfig(protocol=OFFICIAL, hygiene=False), "r").submission
+    assert forward.status == FAIL and row.status == "error"
+    assert row.error == f"[{sid}] {forward.message}. Fix: {forward.fix}"
 
 
 def test_pickle_fixture_really_runs_code_when_fully_unpickled(in_tmp_dir):

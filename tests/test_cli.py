@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
-from esr_eval.cli import main
+from esr_eval.cli import ROOT_ENV, build_parser, default_root, main, parse
 from tests.conftest import REPO_ROOT
 
 
@@ -53,7 +55,7 @@ def test_import_ntire_then_summary_loads_the_manifests(tmp_path, capsys):
 
 
 def test_rank_and_report_on_a_synthetic_43_submission_run(tmp_path, capsys):
-    from esr_eval.synthetic import write_synthetic_run
+    from tests.support.synthetic import write_synthetic_run
 
     run = write_synthetic_run(tmp_path / "syn", n_submissions=43)
     assert main(["rank", str(run), "--protocol", "ntire2024", "--resamples", "50"]) == 0
@@ -76,3 +78,21 @@ def test_rank_auto_protocol_is_demo_for_the_embedded_split(factory, tmp_path, ca
     assert main(["rank", str(results / "r"), "--resamples", "20",
                  "--baseline", "team10_Tiny", "--accept-baseline-mismatch"]) == 0
     assert "protocol demo" in capsys.readouterr().out
+
+
+def test_default_root_is_the_current_folder_else_the_checkout_ray_submit_finds(tmp_path, monkeypatch):
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    (home / "esr-eval" / "model_zoo").mkdir(parents=True)
+    elsewhere.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv(ROOT_ENV, raising=False)
+    monkeypatch.chdir(REPO_ROOT)
+    assert default_root() == Path(".")
+    monkeypatch.chdir(elsewhere)  # as under `ray submit`: the home folder, no model_zoo/ in it
+    assert default_root() == home / "esr-eval"
+    monkeypatch.setenv(ROOT_ENV, str(REPO_ROOT))
+    args = parse(build_parser(), ["evaluate"])
+    assert (args.root, args.manifests, args.results) == (REPO_ROOT, REPO_ROOT / "model_zoo", REPO_ROOT / "results")
+    (home / "esr-eval" / "model_zoo").rmdir()
+    monkeypatch.delenv(ROOT_ENV)
+    assert default_root() == Path(".")  # nothing found: the current folder, whose missing model_zoo/ the error names

@@ -23,7 +23,7 @@ util = pytest.importorskip("ray.autoscaler._private.util")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 AWS = REPO_ROOT / "ray_config.yaml"
 ONPREM = REPO_ROOT / "cluster" / "onprem.yaml"
-INSTALL = re.compile(r"\bpip install (-q )?-e ~/esr-eval$")
+INSTALL = re.compile(r"\bpip install (-q )?-e ~/esr-eval'\[cluster,report\]'$")
 
 
 @pytest.fixture(autouse=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,10 +24,12 @@ from esr_eval.data import (
     mod_crop,
     official_split,
     read_image_rgb,
+    recheck_splits,
+    resolve_splits,
     validate_split,
 )
-
 from tests.conftest import SHARED_DATA
+
 needs_shared_data = pytest.mark.skipif(
     not SHARED_DATA.is_dir(),
     reason=f"real SR images not found at {SHARED_DATA} (set ESR_EVAL_SHARED_DATA to their folder)",
@@ -264,13 +264,43 @@ def test_embedded_split_uses_cache_env_var(tmp_path, monkeypatch):
     assert split.pairs[0].hr_path.is_relative_to(tmp_path / "cache" / "embedded-v1" / "embedded_HR")
 
 
-def test_modules_import_without_ray_or_torch():
-    code = (
-        "import sys, esr_eval.data, esr_eval.quality; "
-        "print(sorted({'ray', 'torch'} & set(sys.modules)))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    assert result.stdout.strip() == "[]"
+def test_resolve_splits_default_is_embedded():
+    (split,) = resolve_splits(None, None, None)
+    assert split.name == "embedded"
+
+
+def test_resolve_splits_rejects_bad_data_before_any_model_runs(tmp_path):
+    hr, lr = tmp_path / "x_HR", tmp_path / "x_LR"
+    hr.mkdir()
+    lr.mkdir()
+    split = embedded_split()
+    pair = split.pairs[0]
+    (hr / f"{pair.name}.png").write_bytes(pair.hr_path.read_bytes())
+    (lr / f"{pair.name}x4.png").write_bytes(b"not a png")
+    with pytest.raises(SplitError, match=f"{pair.name}x4.png"):
+        resolve_splits(tmp_path, ["x"], None)
+
+
+# --- the ledger (records "Integrity") ------------------------------------------------------------
+
+
+def test_recheck_splits_finds_a_changed_or_vanished_file(tmp_path):
+    import shutil
+
+    source = embedded_split()
+    hr, lr = tmp_path / "HR", tmp_path / "LR"
+    hr.mkdir()
+    lr.mkdir()
+    for pair in source.pairs:
+        shutil.copy(pair.hr_path, hr / pair.hr_path.name)
+        shutil.copy(pair.lr_path, lr / pair.lr_path.name)
+    split = folder_split("copy", hr, lr, 4)
+    start = split.sha256
+    assert recheck_splits([split])["ok"]
+    first = sorted(hr.iterdir())[0]
+    first.write_bytes(first.read_bytes() + b"\0")
+    (change,) = recheck_splits([split])["changed"]
+    assert change["name"] == "copy" and change["sha256_start"] == start != change["sha256_end"]
+    first.unlink()
+    (change,) = recheck_splits([split])["changed"]
+    assert change["sha256_end"] is None and "FileNotFoundError" in change["error"]

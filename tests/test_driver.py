@@ -8,15 +8,10 @@ import pandas as pd
 import pytest
 
 import evaluate_all
-from esr_eval.data import embedded_split
-from esr_eval.driver import DriverOptions, HomogeneityError, SubmissionActor, run_distributed
+from esr_eval.driver import HomogeneityError, SubmissionActor
 from esr_eval.evaluate import EvaluationConfig
-from esr_eval.manifest import discover_all
-from esr_eval.nodes import apply_ray_env
-from esr_eval.run import RunFolder, new_run_id
 from esr_eval.timing import OFFICIAL
-
-from tests.conftest import logging_actor
+from tests.support.ray_runs import local_ray, logging_actor, run_driver
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
@@ -29,19 +24,11 @@ UP = "self.shuffle(self.tail(self.head(x)))"
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_instance(tmp_path_factory):
-    apply_ray_env()
-    ray.init(address="local", num_cpus=2, num_gpus=FAKE_GPUS, include_dashboard=False,
-             log_to_driver=False, _temp_dir=str(tmp_path_factory.mktemp("ray")))
-    yield
-    ray.shutdown()
+    yield from local_ray(tmp_path_factory.mktemp("ray"), FAKE_GPUS)
 
 
 def _run(factory, tmp_path, run_id=None, config=CONFIG, **options):
-    subs, errors = discover_all(factory.manifests, factory.root)
-    folder = RunFolder.create(tmp_path / "results", run_id or new_run_id())
-    summary = run_distributed(subs, errors, [embedded_split()], config, folder,
-                              DriverOptions(progress=False, **options))
-    return summary, pd.read_parquet(folder.path / "submissions").set_index("submission_id"), folder
+    return run_driver(factory, tmp_path, config, run_id, **options)
 
 
 SLOW = {"prelude": "import time\n", "forward_body": f"time.sleep(0.25); return {UP}"}

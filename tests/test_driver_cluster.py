@@ -14,12 +14,13 @@ import pytest
 
 from esr_eval.data import embedded_split
 from esr_eval.driver import DriverOptions, HomogeneityError, SubmissionActor, run_distributed
-from esr_eval.nodes import apply_ray_env
 from esr_eval.evaluate import EvaluationConfig
 from esr_eval.manifest import discover_all
+from esr_eval.nodes import apply_ray_env
 from esr_eval.run import RunFolder, new_run_id
 from esr_eval.timing import OFFICIAL
-from tests.conftest import logging_actor
+from tests.support.faults import slow_submissions
+from tests.support.ray_runs import logging_actor, run_driver
 
 ray = pytest.importorskip("ray")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
@@ -49,10 +50,8 @@ def cluster():
 
 
 def _run(factory, tmp_path, **options):
-    subs, errors = discover_all(factory.manifests, factory.root)
-    folder = RunFolder.create(tmp_path / "results", new_run_id())
-    summary = run_distributed(subs, errors, [embedded_split()], CONFIG, folder, DriverOptions(progress=False, **options))
-    return summary, pd.read_parquet(folder.path / "submissions").set_index("submission_id")
+    summary, subs, _ = run_driver(factory, tmp_path, CONFIG, **options)
+    return summary, subs
 
 
 def test_mixed_gpu_models_are_refused_unless_allowed_or_pinned(cluster, factory, tmp_path):
@@ -74,7 +73,7 @@ def test_mixed_gpu_models_are_refused_unless_allowed_or_pinned(cluster, factory,
 def test_node_lost_mid_submission_is_retried_on_another_node(cluster, factory, tmp_path):
     sim, nodes = cluster
     log = tmp_path / "nodes.log"
-    _slow_submissions(factory, count=3, sleep_s=0.8, prefix="team1")
+    slow_submissions(factory, count=3, sleep_s=0.8, prefix="team1")
     victim = {}
 
     def remove_a_busy_node():
@@ -90,21 +89,16 @@ def test_node_lost_mid_submission_is_retried_on_another_node(cluster, factory, t
 
     killer = threading.Thread(target=remove_a_busy_node)
     killer.start()
-    summary, subs = _run(factory, tmp_path, max_attempts=3, actor_class=logging_actor(log))
-    killer.join()
+    try:
+        summary, subs = _run(factory, tmp_path, max_attempts=3, actor_class=logging_actor(log))
+    finally:
+        killer.join()
+        _replace_lost(sim, nodes, victim.get("node_id"))
     assert victim, "no submission started"
     assert (subs["status"] == "ok").all(), subs[["status", "error"]].to_string()
     assert len(subs) == 3 and subs["attempts"].max() == 2
     retried = subs[subs["attempts"] == 2]
     assert (retried["node_id"] != victim["node_id"]).all()
-
-
-def _slow_submissions(factory, count: int, sleep_s: float, prefix: str = "team2") -> None:
-    """Submissions that sleep in every forward; which node runs each is logged by the actor
-    (:func:`tests.conftest.logging_actor`), since the sandboxed model can neither write nor reach Ray."""
-    for i in range(count):
-        factory.make(f"{prefix}{i}_Slow", team_id=f"{prefix[-1]}{i}", model_source={
-            "prelude": "import time\n", "forward_body": f"time.sleep({sleep_s}); return {UP}"})
 
 
 def _first_busy(log, nodes, deadline_s: float = 180):
@@ -125,6 +119,19 @@ def _wait_until_dead(node_ids, deadline_s: float = 120) -> None:
         time.sleep(0.2)
 
 
+def _replace_lost(sim, nodes, node_id: str | None) -> None:
+    """The fixture's cluster keeps its GPU nodes: a lost one (removed or killed) is removed for good,
+    waited for until the cluster lists it dead, and replaced by a fresh GPU node, so later tests
+    never depend on which node an earlier test happened to kill."""
+    for node in [n for n in nodes if n.node_id == node_id]:
+        nodes.remove(node)
+        if node in sim.worker_nodes:  # not yet removed by the test itself
+            sim.remove_node(node, allow_graceful=False)
+        _wait_until_dead([node_id])
+        nodes.append(sim.add_node(**GPU_NODE))
+        sim.wait_for_nodes()
+
+
 def _raylet_pid(node) -> int:
     from ray._private import ray_constants
 
@@ -140,7 +147,7 @@ def test_node_whose_raylet_is_sigkilled_mid_submission_is_retried(cluster, facto
     fresh = [sim.add_node(**GPU_NODE) for _ in range(2)]
     sim.wait_for_nodes()
     log = tmp_path / "nodes.log"
-    _slow_submissions(factory, count=3, sleep_s=1.5)
+    slow_submissions(factory, count=3, sleep_s=1.5)
     victim = {}
 
     def kill_a_busy_node():
@@ -161,10 +168,8 @@ def test_node_whose_raylet_is_sigkilled_mid_submission_is_retried(cluster, facto
         killer.join()
         for node in fresh:  # the victim's leftover processes too; the cluster stays as the fixture made it
             sim.remove_node(node, allow_graceful=False)
-        for node in [n for n in nodes if n.node_id == victim.get("node_id")]:
-            nodes.remove(node)
-            sim.remove_node(node, allow_graceful=False)
-        _wait_until_dead([n.node_id for n in fresh] + [victim.get("node_id")])
+        _wait_until_dead([n.node_id for n in fresh])
+        _replace_lost(sim, nodes, victim.get("node_id"))
     assert victim, "no submission started"
     assert (subs["status"] == "ok").all(), subs[["status", "attempts", "error"]].to_string()
     assert sorted(subs["attempts"]) == [1, 1, 2]

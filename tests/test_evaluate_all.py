@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 import evaluate_all
+from esr_eval.cli import build_parser, parse
 from tests.conftest import REPO_ROOT
 
 MISTAKES = {
@@ -32,3 +33,20 @@ def test_unknown_device_is_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit) as exit_:
         evaluate_all.main(["--device", "gpu"])
     assert exit_.value.code == 2 and "invalid choice: 'gpu'" in capsys.readouterr().err
+
+
+SHARED = ["team99_Bicubic", "--root", str(REPO_ROOT), "--data", "/data", "--split", "valid", "--protocol", "official",
+          "--repeats", "2", "--warmup", "0", "--threads", "1", "--no-hygiene", "--memory-limit-mb", "0",
+          "--no-landlock", "--ssim", "--run-id", "r1", "--pair", "set5", "/hr", "/lr"]
+
+
+@pytest.mark.parametrize("argv", [[], SHARED], ids=["defaults", "given"])
+def test_shared_options_parse_as_esr_eval_evaluate_parses_them(argv, monkeypatch):
+    """One definition of the options the Ray entry point shares with `esr-eval evaluate`, one default each."""
+    monkeypatch.chdir(REPO_ROOT)
+    ours = vars(evaluate_all.parse_args(argv))
+    theirs = vars(parse(build_parser(), ["evaluate", *argv]))
+    shared = (set(ours) & set(theirs)) - {"device"}  # --device: cpu for esr-eval, auto (the device plan) here
+    assert {"ids", "root", "manifests", "results", "data", "split", "pair", "protocol", "run_id"} <= shared
+    assert {key: ours[key] for key in shared} == {key: theirs[key] for key in shared}
+    assert ours["manifests"] == ours["root"] / "model_zoo" and ours["results"] == ours["root"] / "results"

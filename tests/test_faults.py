@@ -26,47 +26,22 @@ from esr_eval.data import embedded_split
 from esr_eval.records import RunIntegrityWarning, read_verified
 from esr_eval.run import LOCK_NAME, RunFolder
 from tests.conftest import REPO_ROOT
+from tests.support.faults import (
+    BROKEN,
+    CONTROL,
+    IN_PROCESS,
+    PICKLE_MARKER,
+    assert_complete,
+    assert_row_says,
+    ids,
+    slow_submissions,
+)
 
-BROKEN = REPO_ROOT / "tests" / "fixtures" / "broken"
-CONTROL = "team39_Control"
-PICKLE_MARKER = "ESR_EVAL_PICKLE_PAYLOAD_RAN"
-IN_PROCESS_FAULTS = [
-    # submission id, status, error_stage, text in the error (a hygiene flag for status ok), the fix it names
-    ("team40_ImportError", "error", "import", "No module named 'esr_eval_fixture_missing_pkg'",
-     "Fix: install 'esr_eval_fixture_missing_pkg'"),
-    ("team41_MissingCheckpoint", "error", "manifest",
-     "checkpoint.path: model_zoo/team41_MissingCheckpoint.pth not found", "Fix: put the checkpoint there"),
-    ("team42_WrongKeys", "error", "checkpoint", "unexpected keys: module.head.weight", "Fix: fix `checkpoint.key`"),
-    ("team43_WrongShapes", "error", "checkpoint", "shape mismatch at head.weight", "Fix: the constructor arguments"),
-    ("team44_ForwardRaises", "error", "inference",
-     "inference raised RuntimeError: shape '[1, 3, 256, 256]' is invalid", "Fix: fix the model's forward"),
-    ("team45_WrongOutputShape", "error", "quality", "output 252x252 is not 4x the input",
-     "Fix: check `scale` in the manifest"),
-    ("team46_NaNOutput", "error", "inference", "the output contains NaN or Inf",
-     "Fix: check the declared data_range and the weights"),
-    ("team47_MutatesInput", "ok", None, "input_mutated", None),
-    ("team50_CudaOOM", "error", "inference", "out of memory during inference", "Fix: declare an adapter tile"),
-    ("team51_PickleRunsCode", "error", "checkpoint", "needs full unpickling, which could run arbitrary code; refused",
-     "Fix: ask the team for a plain state dict"),
-    ("team52_TruncatedCheckpoint", "error", "checkpoint", "it looks truncated or corrupt",
-     "Fix: re-download or re-save"),
-    ("team53_WrongDataRange", "ok", None, "data_range", None),
-]
 EVALUATE = ["--protocol", "official"]
 
 
 def _tables(run_dir):
     return {table: pd.read_parquet(run_dir / table) for table in ("submissions", "splits", "samples")}
-
-
-def assert_complete(tables, sid: str, images: int) -> None:
-    """The submission's rows are all there: ok, complexity, one split row, one sample per image."""
-    row = tables["submissions"].set_index("submission_id").loc[sid]
-    assert row["status"] == "ok" and pd.isna(row["error"]), row["error"]
-    assert row["params"] > 0 and row["flops_fvcore"] > 0 and row["fingerprint"]
-    splits = tables["splits"].query("submission_id == @sid")
-    assert len(splits) == 1 and (splits["psnr_db"] > 0).all() and (splits["runtime_ms"] > 0).all()
-    assert len(tables["samples"].query("submission_id == @sid")) == images
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +52,7 @@ def fault_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(workdir)  # where the pickle payload would leave its marker
         with contextlib.redirect_stdout(out):
-            code = main(["evaluate", "--root", str(BROKEN), CONTROL, *[case[0] for case in IN_PROCESS_FAULTS],
+            code = main(["evaluate", "--root", str(BROKEN), CONTROL, *ids(IN_PROCESS),
                          "--results", str(workdir / "results"), "--run-id", "faults", *EVALUATE])
     return code, out.getvalue(), _tables(workdir / "results" / "faults"), workdir
 
@@ -85,21 +60,18 @@ def fault_run(tmp_path_factory):
 def test_every_submission_has_exactly_one_row(fault_run):
     code, _, tables, _ = fault_run
     assert code == 1
-    ids = tables["submissions"]["submission_id"]
-    assert sorted(ids) == sorted([CONTROL] + [case[0] for case in IN_PROCESS_FAULTS]) and ids.is_unique
+    written = tables["submissions"]["submission_id"]
+    assert sorted(written) == sorted([CONTROL, *ids(IN_PROCESS)]) and written.is_unique
 
 
-@pytest.mark.parametrize("sid, status, stage, text, fix", IN_PROCESS_FAULTS, ids=[c[0] for c in IN_PROCESS_FAULTS])
-def test_fault_in_process(fault_run, sid, status, stage, text, fix):
+@pytest.mark.parametrize("fault", IN_PROCESS, ids=ids(IN_PROCESS))
+def test_fault_in_process(fault_run, fault):
     _, printed, tables, workdir = fault_run
-    row = tables["submissions"].set_index("submission_id").loc[sid]
-    assert row["status"] == status
-    if status == "ok":
-        assert text in row["hygiene_flags"].split(",")
-    else:
-        assert row["error_stage"] == stage and text in row["error"] and (fix is None or fix in row["error"])
-        assert f"[{sid}]" in row["error"] and f"{sid}: error" in printed
-        assert stage == "manifest" or "Traceback" in row["traceback"]
+    row = tables["submissions"].set_index("submission_id").loc[fault.sid]
+    assert_row_says(row, fault)
+    if fault.status != "ok":
+        assert f"{fault.sid}: error" in printed
+        assert fault.stage == "manifest" or "Traceback" in row["traceback"]
     assert not (workdir / PICKLE_MARKER).exists()
     assert_complete(tables, CONTROL, images=len(embedded_split().pairs))
 
@@ -156,15 +128,6 @@ def test_second_driver_on_the_same_run_id_refuses(tmp_path, capsys):
     after = _tables(tmp_path / "shared")
     pd.testing.assert_frame_equal(before["submissions"], after["submissions"])
     assert_complete(after, CONTROL, images=len(embedded_split().pairs))
-
-
-def slow_submissions(factory, count: int, sleep_s: float) -> list[str]:
-    ids = [f"team2{i}_Slow" for i in range(count)]
-    for i, sid in enumerate(ids):
-        factory.make(sid, team_id=f"2{i}", model_source={
-            "prelude": "import time\n",
-            "forward_body": f"time.sleep({sleep_s}); return self.shuffle(self.tail(torch.relu(self.head(x))))"})
-    return ids
 
 
 def _finished(run_dir) -> list[str]:

@@ -14,34 +14,36 @@ import pytest
 
 from esr_eval.data import embedded_split
 from esr_eval.driver import DriverOptions, run_distributed
-from esr_eval.nodes import apply_ray_env
 from esr_eval.evaluate import EvaluationConfig
 from esr_eval.manifest import discover_all
 from esr_eval.run import LOCK_NAME, RunFolder, fingerprint
 from esr_eval.timing import OFFICIAL
 from tests.conftest import REPO_ROOT
-from tests.test_faults import BROKEN, CONTROL, IN_PROCESS_FAULTS, PICKLE_MARKER, assert_complete, slow_submissions
+from tests.support.faults import (
+    ACTOR_TIMEOUT_S,
+    BROKEN,
+    CONTROL,
+    FAULTS,
+    IN_PROCESS,
+    PICKLE_MARKER,
+    PROCESS_ONLY,
+    assert_complete,
+    assert_row_says,
+    ids,
+    slow_submissions,
+)
+from tests.support.ray_runs import local_ray
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
 
 FAKE_GPUS = 2
-TIMEOUT_S = 60.0
 CONFIG = EvaluationConfig(protocol=OFFICIAL, device="cpu", complexity_input_shape=(1, 3, 32, 32))
-PROCESS_FAULTS = [
-    # submission id, status, stage, text in the error
-    ("team48_Hangs", "timeout", "actor", f"no result within {TIMEOUT_S:.0f} s; the actor was killed. Fix:"),
-    ("team49_HardCrash", "error", "inference", "exited with status 3"),  # its sandbox died; the actor lived on
-]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_instance(tmp_path_factory):
-    apply_ray_env()
-    ray.init(address="local", num_cpus=2, num_gpus=FAKE_GPUS, include_dashboard=False,
-             log_to_driver=False, _temp_dir=str(tmp_path_factory.mktemp("ray")))
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    yield from local_ray(tmp_path_factory.mktemp("ray"), FAKE_GPUS)
 
 
 @pytest.fixture(scope="module")
@@ -54,39 +56,32 @@ def ray_fault_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(workdir)  # where the pickle payload would leave its marker
         summary = run_distributed(subs, errors, [embedded_split()], CONFIG, folder,
-                                  DriverOptions(progress=False, timeout_s=TIMEOUT_S, expected_s=expected_s))
+                                  DriverOptions(progress=False, timeout_s=ACTOR_TIMEOUT_S, expected_s=expected_s))
     tables = {t: pd.read_parquet(folder.path / t) for t in ("submissions", "splits", "samples")}
     return summary, tables, workdir
 
 
 def test_every_submission_has_exactly_one_row(ray_fault_run):
     summary, tables, _ = ray_fault_run
-    ids = tables["submissions"]["submission_id"]
-    expected = [CONTROL] + [c[0] for c in IN_PROCESS_FAULTS] + [c[0] for c in PROCESS_FAULTS]
-    assert sorted(ids) == sorted(expected) and ids.is_unique
+    written = tables["submissions"]["submission_id"]
+    expected = [CONTROL, *ids(FAULTS)]
+    assert sorted(written) == sorted(expected) and written.is_unique
     assert summary.scheduling == "gpu" and sorted(summary.written) == sorted(expected)
 
 
-@pytest.mark.parametrize("sid, status, stage, text, fix", IN_PROCESS_FAULTS, ids=[c[0] for c in IN_PROCESS_FAULTS])
-def test_fault_through_ray_same_row_as_in_process(ray_fault_run, sid, status, stage, text, fix):
+@pytest.mark.parametrize("fault", IN_PROCESS, ids=ids(IN_PROCESS))
+def test_fault_through_ray_same_row_as_in_process(ray_fault_run, fault):
     _, tables, workdir = ray_fault_run
-    row = tables["submissions"].set_index("submission_id").loc[sid]
-    assert row["status"] == status
-    if status == "ok":
-        assert text in row["hygiene_flags"].split(",")
-    else:
-        assert row["error_stage"] == stage and text in row["error"] and (fix is None or fix in row["error"])
+    assert_row_says(tables["submissions"].set_index("submission_id").loc[fault.sid], fault)
     assert not (workdir / PICKLE_MARKER).exists() and not (REPO_ROOT / PICKLE_MARKER).exists()
     assert_complete(tables, CONTROL, images=len(embedded_split().pairs))
 
 
-@pytest.mark.parametrize("sid, status, stage, text", PROCESS_FAULTS, ids=[c[0] for c in PROCESS_FAULTS])
-def test_process_fault_through_ray(ray_fault_run, sid, status, stage, text):
+@pytest.mark.parametrize("fault", PROCESS_ONLY, ids=ids(PROCESS_ONLY))
+def test_process_fault_through_ray(ray_fault_run, fault):
     _, tables, _ = ray_fault_run
-    row = tables["submissions"].set_index("submission_id").loc[sid]
-    assert row["status"] == status and row["error_stage"] == stage
-    assert text in row["error"] and f"[{sid}]" in row["error"]
-    assert tables["samples"].query("submission_id == @sid").empty
+    assert_row_says(tables["submissions"].set_index("submission_id").loc[fault.sid], fault)
+    assert tables["samples"].query("submission_id == @fault.sid").empty
     assert_complete(tables, CONTROL, images=len(embedded_split().pairs))
 
 

@@ -22,7 +22,7 @@ from esr_eval import landlock
 from esr_eval.cli import main
 from esr_eval.data import embedded_split
 from esr_eval.protocols import load_protocol
-from esr_eval.ranking import rank_run, read_run
+from esr_eval.ranking import rank_run
 from esr_eval.records import (
     LEDGER_NAME,
     TABLES,
@@ -32,13 +32,14 @@ from esr_eval.records import (
     SampleRow,
     SplitRow,
     SubmissionRow,
+    read_run,
     read_verified,
     verify_run,
     write_rows,
 )
 from esr_eval.report import write_report
 from esr_eval.run import RunFolder
-from esr_eval.synthetic import write_synthetic_run
+from tests.support.synthetic import write_synthetic_run
 
 RIVAL = "team01_SPAN"
 FORGED = "team77_Forged"

@@ -75,7 +75,8 @@ def test_checkpoint_saved_on_cuda_loads_on_cpu(factory):
 def test_wrong_shape_names_the_key(factory):
     state = tiny_state_dict()
     state["tail.weight"] = torch.zeros(48, 4, 3, 3)
-    with pytest.raises(SubmissionError, match=r"shape mismatch at tail\.weight: checkpoint \(48, 4, 3, 3\) vs model \(48, 8, 3, 3\)") as info:
+    expected = r"shape mismatch at tail\.weight: checkpoint \(48, 4, 3, 3\) vs model \(48, 8, 3, 3\)"
+    with pytest.raises(SubmissionError, match=expected) as info:
         _load(factory, factory.make(checkpoint_obj=state))
     assert info.value.stage == "checkpoint"
 

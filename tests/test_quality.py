@@ -22,8 +22,8 @@ from esr_eval.quality import (
     ssim_y,
     to_uint8,
 )
-
 from tests.conftest import SHARED_DATA
+
 SET5_NAMES = ("baby", "bird", "butterfly", "head", "woman")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -63,7 +65,8 @@ def test_empty_table_has_the_columns(tmp_path):
 
 def test_schema_doc_is_current(repo_root):
     assert (repo_root / "docs" / "SCHEMA.md").read_text() == schema_markdown() + "\n", \
-        "regenerate docs/SCHEMA.md: python -c 'from esr_eval.records import schema_markdown; print(schema_markdown())' > docs/SCHEMA.md"
+        ("regenerate docs/SCHEMA.md: "
+         "python -c 'from esr_eval.records import schema_markdown; print(schema_markdown())' > docs/SCHEMA.md")
 
 
 def test_write_part_returns_the_ledger_entry_of_the_bytes_on_disk(tmp_path):
@@ -81,8 +84,7 @@ def test_read_verified_reads_recorded_parts_only(tmp_path):
     import json
     import warnings
 
-    from esr_eval.records import (RunIntegrityWarning, file_entry, ledger_payload, read_verified, verify_run,
-                                  write_json)
+    from esr_eval.records import RunIntegrityWarning, file_entry, ledger_payload, read_verified, verify_run, write_json
 
     recorded = write_rows(tmp_path, "samples", [_sample(0)], "team10_Tiny")
     write_json(tmp_path / "ledger.json", ledger_payload("r", {"samples/team10_Tiny.parquet":
@@ -99,3 +101,62 @@ def test_read_verified_reads_recorded_parts_only(tmp_path):
     assert set(verify_run(tmp_path).unexpected) == {"samples/team11_B.parquet", "samples/nested/x.parquet"}
     (tmp_path / "ledger.json").write_text(json.dumps({"format": "something else"}))
     assert verify_run(tmp_path).ledger == "unreadable" and verify_run(tmp_path).tampered
+
+
+def test_every_rankings_column_of_every_builtin_protocol_is_specified(tmp_path):
+    from esr_eval.protocols import builtin_protocol_names, load_protocol
+    from esr_eval.ranking import rank_tables
+    from esr_eval.records import RANKINGS_COLUMNS, rankings_column, read_run
+    from tests.support.synthetic import write_synthetic_run
+
+    tables = read_run(write_synthetic_run(tmp_path / "run", n_submissions=8, seed=1, images_per_split=4, repeats=2))
+    used = set()
+    for name in builtin_protocol_names():
+        protocol = load_protocol(name).with_resamples(5).with_baseline("team00_RLFN", accept_mismatch=True)
+        if name == "demo":
+            protocol = protocol.with_splits("DIV2K_LSDIR_valid", "DIV2K_LSDIR_test")
+        for column in rank_tables(tables, protocol).columns:
+            used.add(rankings_column(column).name)
+    assert used == {c.name for c in RANKINGS_COLUMNS}, "a specified column no protocol writes"
+    with pytest.raises(ValueError, match="not specified"):
+        rankings_column("")
+
+
+def test_rankings_are_written_typed_with_their_metadata_and_read_back(tmp_path):
+    from esr_eval.records import read_rankings, write_rankings
+
+    assert read_rankings(tmp_path) is None
+    frame = pd.DataFrame({"protocol": ["demo", "demo"], "submission_id": ["a", "b"], "rank_main": [1, None],
+                          "integrity": [None, None]}).astype({"rank_main": "Int64"})
+    path = write_rankings(tmp_path, frame, {"esr_eval.protocol": "demo"})
+    schema = pq.read_schema(path)
+    assert str(schema.field("rank_main").type) == "int64" and str(schema.field("integrity").type) == "string"
+    stored = read_rankings(tmp_path)
+    assert stored.metadata == {"esr_eval.protocol": "demo"} and list(stored.table["rank_main"]) == [1, pd.NA]
+    with pytest.raises(ValueError, match="RANKINGS_METADATA"):
+        write_rankings(tmp_path, frame, {"esr_eval.made_up": "x"})
+    with pytest.raises(ValueError, match="gate_pass.*bool"):
+        write_rankings(tmp_path, frame.assign(gate_pass=["yes", "no"]), {})
+    assert sorted(p.name for p in path.parent.iterdir()) == ["part-00000.parquet"]
+    path.write_bytes(b"not parquet")
+    assert read_rankings(tmp_path) is None
+
+
+def test_run_sha256_follows_every_file_a_ranking_reads(tmp_path):
+    from esr_eval.records import run_sha256, write_json
+
+    write_rows(tmp_path, "samples", [_sample(0)], "team10_Tiny")
+    before = run_sha256(tmp_path)
+    assert run_sha256(tmp_path) == before
+    write_json(tmp_path / "run.json", {"run_id": "r"})
+    with_run_json = run_sha256(tmp_path)
+    write_rows(tmp_path, "samples", [_sample(1)], "team10_Tiny")
+    assert len({before, with_run_json, run_sha256(tmp_path)}) == 3
+
+
+def test_markdown_tables_escape_pipes_and_line_breaks():
+    from esr_eval.records import markdown_table
+
+    header, alignment, row = markdown_table(("name", "value"), [("a|b", "1\n2")], left=(0,)).splitlines()
+    assert header.replace(" ", "") == "|name|value|" and row.replace(" ", "") == "|a\\|b|12|"
+    assert re.fullmatch(r"\|:-+\|-+:\|", alignment)

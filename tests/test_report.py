@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import esr_eval.ranking
 from esr_eval.protocols import load_protocol
-from esr_eval.ranking import metrics_table, rank, read_run
+from esr_eval.ranking import metrics_table, rank, rank_run
+from esr_eval.records import read_run
 from esr_eval.report import pareto_front, write_report
-from esr_eval.synthetic import write_synthetic_run
+from tests.support.synthetic import write_synthetic_run
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -60,7 +62,7 @@ def test_results_table_lists_everyone_with_ranks_in_parentheses(report) -> None:
     paths, rankings = report
     text = paths.markdown.read_text(encoding="utf-8")
     results = text.split("## Results", 1)[1].split("## ", 1)[0]
-    rows = [line for line in results.splitlines() if line.startswith("| ") and not line.startswith("| Rank")]
+    rows = [line for line in results.splitlines() if line.startswith("|")][2:]  # after the header and alignment rows
     assert len(rows) == len(rankings) == 43
     winner = rankings.iloc[0]
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
@@ -78,8 +80,8 @@ def test_excluded_entries_and_provenance_are_reported(report) -> None:
         assert reason in not_ranked
     assert "status error: ModuleNotFoundError" in not_ranked
     provenance = text.split("## Provenance", 1)[1]
-    assert "| run.device.name | NVIDIA GeForce RTX 3090 (synthetic) |" in provenance
-    assert "| protocol.gate_rounding | exact |" in provenance
+    assert re.search(r"\| run\.device\.name +\| NVIDIA GeForce RTX 3090 \(synthetic\) +\|", provenance)
+    assert re.search(r"\| protocol\.gate_rounding +\| exact +\|", provenance)
 
 
 def test_pareto_front_keeps_only_undominated_points() -> None:
@@ -165,7 +167,79 @@ def test_infinite_psnr_is_reported_not_a_crash(tmp_path):
 
     paths = write_report(run, load_protocol("demo").with_resamples(50), out_dir=tmp_path / "out")
     results = paths.markdown.read_text(encoding="utf-8").split("## Results", 1)[1].split("## ", 1)[0]
-    row = next(line for line in results.splitlines() if "| SPAN |" in line)
+    row = next(line for line in results.splitlines() if re.search(r"\| SPAN +\|", line))
     assert [c.strip() for c in row.strip("|").split("|")][3] == "inf"
     with Image.open(paths.plots[0]) as image:
         assert np.asarray(image.convert("L")).std() > 5
+
+
+def test_report_reads_rankings_and_ranks_again_only_for_other_rules(tmp_path, monkeypatch):
+    """With rankings/ made by the same rules from the run as it is, the report ranks nothing (the
+    bootstrap ran once, in rank_run) and shows exactly those rankings; other rules rank again."""
+    run = write_synthetic_run(tmp_path / "run", n_submissions=8, seed=1, splits=("embedded",), images_per_split=5,
+                              repeats=3)
+    protocol = load_protocol("demo").with_resamples(50)
+    fresh = write_report(run, protocol, out_dir=tmp_path / "fresh")  # no rankings/ yet: ranks, writes nothing
+    assert not (run / "rankings").exists()
+    rank_run(run, protocol)
+
+    def no_ranking(*args, **kwargs):
+        raise AssertionError("the report ranked again")
+
+    monkeypatch.setattr(esr_eval.ranking, "rank", no_ranking)
+    stored = write_report(run, protocol, out_dir=tmp_path / "stored")
+    assert stored.markdown.read_text(encoding="utf-8") == fresh.markdown.read_text(encoding="utf-8")
+    assert stored.html.read_text(encoding="utf-8") == fresh.html.read_text(encoding="utf-8")
+    for other in (protocol.with_resamples(60), load_protocol("ntire2026")):
+        with pytest.raises(AssertionError, match="ranked again"):
+            write_report(run, other, out_dir=tmp_path / "other")
+
+
+def test_report_ranks_again_when_the_rules_version_or_the_run_changed(tmp_path, monkeypatch):
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    run = write_synthetic_run(tmp_path / "run", n_submissions=8, seed=1, splits=("embedded",), images_per_split=5,
+                              repeats=3)
+    protocol = load_protocol("demo").with_resamples(20)
+    stored = run / "rankings" / "part-00000.parquet"
+
+    def ranked_again() -> bool:
+        calls = []
+        monkeypatch.setattr(esr_eval.ranking, "rank", lambda *args, **kwargs: calls.append(1) or rank(*args, **kwargs))
+        write_report(run, protocol, out_dir=tmp_path / "report")
+        monkeypatch.setattr(esr_eval.ranking, "rank", rank)
+        return bool(calls)
+
+    rank_run(run, protocol)
+    assert not ranked_again()
+    table = pq.read_table(stored)  # the same metadata, another rules_version
+    column = table.schema.get_field_index("rules_version")
+    pq.write_table(table.set_column(column, "rules_version", pa.array(["0"] * len(table))), stored)
+    assert ranked_again()
+    table = pq.read_table(stored).drop_columns(["rules_version"])  # rankings from before the column
+    pq.write_table(table, stored)
+    assert not ranked_again()
+    rank_run(run, protocol)
+    splits = next((run / "splits").glob("*.parquet"))
+    pd.read_parquet(splits).assign(psnr_db=30.0).to_parquet(splits, index=False)
+    assert ranked_again()
+
+
+def test_without_matplotlib_the_report_has_every_table_and_says_why_no_plots(tmp_path, monkeypatch):
+    from esr_eval import report as report_module
+
+    run = write_synthetic_run(tmp_path / "run", n_submissions=8, seed=2)
+    protocol = load_protocol("ntire2024").with_resamples(20)
+    with_plots = write_report(run, protocol, tmp_path / "with")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(report_module.importlib.util, "find_spec",
+                        lambda name, *args: None if name == "matplotlib" else real_find_spec(name, *args))
+    without = write_report(run, protocol, tmp_path / "without")
+    assert with_plots.plots and without.plots == ()
+    text = without.markdown.read_text(encoding="utf-8")
+    assert text.count(report_module.PLOTS_MISSING) == 1 + len(protocol.tracks)
+    assert "![" not in text and 'src="data:image/png' not in without.html.read_text(encoding="utf-8")
+    tables = re.compile(r"^\|.*\|$", re.MULTILINE)
+    assert tables.findall(text) == tables.findall(with_plots.markdown.read_text(encoding="utf-8"))

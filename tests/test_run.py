@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import subprocess
 import sys
 
 import pytest
 
-from esr_eval.data import SplitError, embedded_split
-from esr_eval.records import EvaluationResult
+from esr_eval.data import embedded_split
 from esr_eval.manifest import parse_manifest
-from esr_eval.records import SampleRow, SubmissionRow, read_table
-from esr_eval.run import RunFolder, RunLockedError, fingerprint, resolve_splits
+from esr_eval.records import EvaluationResult, SampleRow, SubmissionRow, read_table
+from esr_eval.run import RunFolder, RunLockedError, fingerprint
 from esr_eval.timing import DEFAULT, OFFICIAL
 
 
@@ -71,26 +69,6 @@ def test_fingerprint_tracks_checkpoint_protocol_and_data(factory):
     ckpt = factory.root / "model_zoo" / "team10_Tiny.pth"
     ckpt.write_bytes(ckpt.read_bytes() + b"\0")
     assert base != fingerprint(sub, DEFAULT.protocol_id, [split])
-
-
-def test_resolve_splits_default_is_embedded():
-    (split,) = resolve_splits(None, None, None)
-    assert split.name == "embedded"
-
-
-def test_resolve_splits_rejects_bad_data_before_any_model_runs(tmp_path):
-    hr, lr = tmp_path / "x_HR", tmp_path / "x_LR"
-    hr.mkdir()
-    lr.mkdir()
-    split = embedded_split()
-    pair = split.pairs[0]
-    (hr / f"{pair.name}.png").write_bytes(pair.hr_path.read_bytes())
-    (lr / f"{pair.name}x4.png").write_bytes(b"not a png")
-    with pytest.raises(SplitError, match=f"{pair.name}x4.png"):
-        resolve_splits(tmp_path, ["x"], None)
-
-
-# --- the ledger (records "Integrity") ------------------------------------------------------------
 
 
 def _ledger_files(folder: RunFolder) -> dict:
@@ -161,31 +139,6 @@ def test_a_ledger_rewritten_behind_the_driver_is_noticed(tmp_path):
     assert folder.verify().clean
 
 
-def test_recheck_splits_finds_a_changed_or_vanished_file(tmp_path):
-    import shutil
-
-    from esr_eval.data import folder_split
-    from esr_eval.run import recheck_splits
-
-    source = embedded_split()
-    hr, lr = tmp_path / "HR", tmp_path / "LR"
-    hr.mkdir()
-    lr.mkdir()
-    for pair in source.pairs:
-        shutil.copy(pair.hr_path, hr / pair.hr_path.name)
-        shutil.copy(pair.lr_path, lr / pair.lr_path.name)
-    split = folder_split("copy", hr, lr, 4)
-    start = split.sha256
-    assert recheck_splits([split])["ok"]
-    first = sorted(hr.iterdir())[0]
-    first.write_bytes(first.read_bytes() + b"\0")
-    (change,) = recheck_splits([split])["changed"]
-    assert change["name"] == "copy" and change["sha256_start"] == start != change["sha256_end"]
-    first.unlink()
-    (change,) = recheck_splits([split])["changed"]
-    assert change["sha256_end"] is None and "FileNotFoundError" in change["error"]
-
-
 def test_discarded_empty_run_leaves_no_ledger_behind(tmp_path):
     folder = RunFolder.open(tmp_path, "fresh")
     folder.write_run_json({"run_id": "fresh"})
@@ -204,3 +157,16 @@ def test_completed_counts_only_rows_of_the_runs_device_kind_and_gpu_model(tmp_pa
     assert folder.completed(device_kind="cpu") == {"cpu": "fcpu"}
     assert folder.completed(device_kind="cuda", gpu_models={"A10G"}) == {"a10g": "fa10g"}
     assert folder.completed(device_kind="cuda", gpu_models={"unknown"}) == {"a10g": "fa10g", "t4": "ft4"}
+
+
+def test_run_json_holds_only_specified_keys(tmp_path):
+    from esr_eval.provenance import run_metadata
+    from esr_eval.records import RUN_JSON_KEYS
+
+    folder = RunFolder.create(tmp_path, "meta")
+    folder.write_run_json(run_metadata("meta", DEFAULT, [embedded_split()], [], "in-process", "cpu",
+                                       {"device_requested": "cpu"}))
+    written = json.loads((folder.path / "run.json").read_text())
+    specified = {key.name: key for key in RUN_JSON_KEYS}
+    assert set(written) <= set(specified)
+    assert all(key in written for key, spec in specified.items() if not spec.nullable)

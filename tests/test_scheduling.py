@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from esr_eval.records import SubmissionRow
+from esr_eval.records import EvaluationResult, SubmissionRow
 from esr_eval.run import RunFolder
-from esr_eval.records import EvaluationResult
 from esr_eval.scheduling import expected_seconds, lower_bound, lpt_makespan, lpt_order
 
 

@@ -10,8 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from esr_eval.timing import (DEFAULT, OFFICIAL, CallTiming, TimedSplit, calibrate_overhead, external_check,
-                             get_protocol, in_process, summarize, time_split)
+from esr_eval.timing import (
+    DEFAULT,
+    OFFICIAL,
+    CallTiming,
+    TimedSplit,
+    calibrate_overhead,
+    external_check,
+    get_protocol,
+    in_process,
+    summarize,
+    time_split,
+)
 
 
 class _Sleeper:

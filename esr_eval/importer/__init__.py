@@ -26,8 +26,7 @@ Modules, by what they recognise:
   symbolic values and AST helpers.
 """
 
-from esr_eval.importer.report import (
-    ImportReport, NtireImportError, TranslatedBranch, UntranslatedBranch)
+from esr_eval.importer.report import ImportReport, NtireImportError, TranslatedBranch, UntranslatedBranch
 from esr_eval.importer.translate import TEST_DEMO_FILE, import_ntire, translate_test_demo
 
 __all__ = ["ImportReport", "NtireImportError", "TEST_DEMO_FILE", "TranslatedBranch",

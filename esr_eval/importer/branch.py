@@ -26,8 +26,7 @@ from esr_eval.importer.expressions import ExpressionFolder
 from esr_eval.importer.model_idioms import local_module_file
 from esr_eval.importer.report import TranslatedBranch
 from esr_eval.importer.syntax import source
-from esr_eval.importer.values import (
-    CheckpointValue, LiteralValue, ModelValue, Opaque, Untranslatable)
+from esr_eval.importer.values import CheckpointValue, LiteralValue, ModelValue, Opaque, Untranslatable
 from esr_eval.importer.wrappers import PadWrapper, pad_multiple
 from esr_eval.manifest import VALID_DATA_RANGES, submission_id_for
 

@@ -16,14 +16,21 @@ present); ``trusted_pickle`` is always false, so ``weights_only=False`` is noted
 from __future__ import annotations
 
 import ast
-import hashlib
 import posixpath
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from esr_eval.hashing import file_sha256
 from esr_eval.importer.emit import validated
 from esr_eval.importer.values import (
-    CheckpointValue, LiteralValue, Load, ModelValue, Opaque, Untranslatable, unrecognised)
+    CheckpointValue,
+    LiteralValue,
+    Load,
+    ModelValue,
+    Opaque,
+    Untranslatable,
+    unrecognised,
+)
 from esr_eval.manifest import CheckpointSpec
 
 if TYPE_CHECKING:
@@ -195,14 +202,6 @@ def manifest_key(checkpoint: CheckpointValue) -> str | None:
                          "alternatives, which a manifest key cannot express")
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def checkpoint_spec(loads: list[Load], checkout: Path, checksum: bool,
                     notes: list[str]) -> CheckpointSpec | None:
     """The manifest checkpoint of a model's loads (None, with a note, when it has none)."""
@@ -219,6 +218,6 @@ def checkpoint_spec(loads: list[Load], checkout: Path, checksum: bool,
     if not path.is_file():
         notes.append(f"checkpoint {load.checkpoint.path} is not in the checkout yet")
     elif checksum:
-        fields["sha256"] = sha256(path)
+        fields["sha256"] = file_sha256(path)
     fields.update(strict=load.strict, trusted_pickle=False)
     return validated(CheckpointSpec, fields, checkout, "checkpoint.")

@@ -25,8 +25,15 @@ from esr_eval.importer.checkpoint_idioms import TORCH_LOADS, CheckpointIdioms
 from esr_eval.importer.model_idioms import IMPORT_MODULE, ModelIdioms
 from esr_eval.importer.syntax import dotted, is_model_id_ref, source
 from esr_eval.importer.values import (
-    CheckpointValue, ClassRef, LiteralValue, ModelValue, ModuleRef, NotLiteral, Opaque,
-    unrecognised)
+    CheckpointValue,
+    ClassRef,
+    LiteralValue,
+    ModelValue,
+    ModuleRef,
+    NotLiteral,
+    Opaque,
+    unrecognised,
+)
 
 _HARMLESS_CALLS = frozenset({"print", "pprint", "len", "isinstance", "hasattr", "type", "repr"})
 _LOGGER_METHODS = frozenset({"debug", "info", "warning", "error"})

@@ -20,8 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 from esr_eval.importer.syntax import source
 from esr_eval.importer.values import (
-    ClassRef, LiteralValue, ModelValue, ModuleRef, NotLiteral, Opaque, Untranslatable,
-    unrecognised)
+    ClassRef,
+    LiteralValue,
+    ModelValue,
+    ModuleRef,
+    NotLiteral,
+    Opaque,
+    Untranslatable,
+    unrecognised,
+)
 
 if TYPE_CHECKING:
     from esr_eval.importer.expressions import ExpressionFolder

@@ -21,8 +21,7 @@ from esr_eval.importer.branch import translate_branch
 from esr_eval.importer.chain import find_select_model, split_chain
 from esr_eval.importer.emit import manifest_text
 from esr_eval.importer.model_idioms import module_level_imports
-from esr_eval.importer.report import (
-    ImportReport, NtireImportError, TranslatedBranch, UntranslatedBranch)
+from esr_eval.importer.report import ImportReport, NtireImportError, TranslatedBranch, UntranslatedBranch
 from esr_eval.importer.values import Untranslatable
 from esr_eval.importer.wrappers import model_specific_blocks
 

@@ -1,10 +1,28 @@
 """Ranking protocols: challenge rules as data (one YAML file per year), loaded into frozen records.
 
 Contract
-- ``load_protocol(name_or_path) -> RankingProtocol``: a built-in name (``ntire2022``, ``ntire2024``,
-  ``ntire2025``, ``ntire2026``, ``demo``; the YAML files beside this module) or a path to a YAML
-  file of the same shape. Every field is validated on load; an unknown key fails with the file,
-  the field path and a "did you mean" hint, so a typo never silently changes a ranking.
+- ``load_protocol(name_or_path) -> RankingProtocol``: a built-in name (``builtin_protocol_names()``:
+  ``ntire2022``, ``ntire2024``, ``ntire2025``, ``ntire2026``, ``demo``; the YAML files beside this
+  module) or a path to a YAML file of the same shape. The file is validated by the pydantic models
+  below (:class:`RulesDocument`, built on ``esr_eval.validation``); :class:`ProtocolError` names
+  the file and every problem at once, each as ``<field path>: <problem>. Fix: <fix>``, an unknown
+  key with a "did you mean", so a typo never silently changes a ranking.
+- ``include: <base>`` in a rules file names a base: a built-in base (``bases/<name>.yaml`` here,
+  e.g. ``ntire_esr``; not a protocol itself), a built-in protocol name, or a path relative to the
+  including file. The file's keys override the base's: mappings merge recursively, anything else
+  (lists, scalars) is replaced. A base may include another; a cycle is refused. The merged
+  document is what is validated, so a base alone may lack required keys. ``name``, ``version``
+  and ``description`` are never inherited: changed rules must say what they are (a copy of
+  ``ntire2024`` with another gate cannot pass for the official 2024 rules).
+- Cross-field rules are validators of the models (tracks use defined metrics, main_track is a
+  track, published figures name ``submissions.*`` metrics, constants name metrics, ``source:
+  constants`` has every exp_ratio-scored constant); each is checked whenever the fields it reads
+  are valid, so one load reports the field problems and the cross-field problems together.
+- ``version:`` (a quoted string such as ``"2026.1"``) names the revision of the rules; it is
+  ``RankingProtocol.version`` and the ``rules_version`` column of the rankings.
+- ``json_schema_text()`` is the JSON Schema of a rules file (``docs/rules.schema.json``) for
+  editors: every key, its type and meaning; which keys are required is checked on load (a base or
+  an including file gives only some keys).
 - A protocol names, for the ranking stage (``esr_eval.ranking``):
   * ``splits``: which run split stands for the ``valid`` and the ``test`` role
     (``RankingProtocol.with_splits`` remaps them, e.g. from a CLI flag);
@@ -30,28 +48,44 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import AfterValidator, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import InitErrorDetails
+
+from esr_eval.validation import Problem, Strict, about, invalid, printable, problems, show
 
 ROLES = ("valid", "test")
 PSNR_COLUMN_BY_ROLE = {"valid": "val_psnr_db", "test": "test_psnr_db"}
 RUN_TABLES = ("submissions", "splits")
-COMBINES = ("mean", "max", "min")
-DIRECTIONS = ("lower", "higher")
-FORMULAS = ("rank_sum", "exp_ratio")
-GATE_ROUNDINGS = ("exact", "2dp")
-BASELINE_SOURCES = ("run", "constants")
+MATCH_KEYS = ("submission_id", "team_id", "name_pattern")
+FOLDER = Path(__file__).resolve().parent   # the built-in rules files; their bases under bases/
+BASES = FOLDER / "bases"
+RULES_SUFFIXES = (".yaml", ".yml")
+_HELP = "see the built-in rules files in esr_eval/protocols/ and docs/rules.schema.json"
 
 
 class ProtocolError(ValueError):
-    """A protocol file is malformed; the message names the file, the field and the fix."""
+    """A rules file is malformed; the message names the file and each problem with its field and fix."""
 
+    def __init__(self, message: str, found: tuple[Problem, ...] = ()):
+        super().__init__(message)
+        self.problems = found
+
+    @classmethod
+    def listing(cls, origin: str, found: list[Problem]) -> ProtocolError:
+        """One error for every problem of a file: ``<origin>: <field>: <problem>. Fix: <fix>; ...``."""
+        return cls(f"{origin}: " + "; ".join(f"{p.field}: {p.problem}. Fix: {p.fix}" for p in found), tuple(found))
+
+
+# --- runtime records ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Match:
@@ -168,6 +202,8 @@ class Baseline:
 
 @dataclass(frozen=True)
 class Reference:
+    """An entry shown in reports but never ranked, and why."""
+
     match: Match
     reason: str
 
@@ -184,6 +220,8 @@ class Gate:
 
 @dataclass(frozen=True)
 class Track:
+    """A ranked track: its formula and (metric, weight) pairs (weight 1.0 in a rank_sum track)."""
+
     name: str
     title: str
     formula: str
@@ -196,6 +234,8 @@ class Track:
 
 @dataclass(frozen=True)
 class ConfidenceSettings:
+    """Bootstrap settings: resamples, seed and interval level (e.g. 0.95)."""
+
     resamples: int
     seed: int
     level: float
@@ -203,7 +243,10 @@ class ConfidenceSettings:
 
 @dataclass(frozen=True)
 class RankingProtocol:
+    """One year's rules, validated; ``version`` is the rules file's revision, ``source_path`` the file."""
+
     name: str
+    version: str
     description: str
     source_path: str
     splits: tuple[tuple[str, str], ...]
@@ -264,313 +307,371 @@ class RankingProtocol:
         )
 
 
-def builtin_protocol_names() -> tuple[str, ...]:
-    folder = resources.files(__name__)
-    return tuple(sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml")))
+# --- the rules file, validated ----------------------------------------------------------------------
 
-
-def load_protocol(name_or_path: str | Path) -> RankingProtocol:
-    """Load and validate a built-in protocol by name, or a YAML file by path."""
-    text, origin = _read_protocol_text(name_or_path)
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ProtocolError(f"{origin}: not valid YAML ({exc})") from exc
-    return _parse_protocol(document, origin)
-
-
-def _read_protocol_text(name_or_path: str | Path) -> tuple[str, str]:
-    candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
-        if not candidate.is_file():
-            raise ProtocolError(f"protocol file {candidate} does not exist")
-        return candidate.read_text(encoding="utf-8"), str(candidate)
-    names = builtin_protocol_names()
-    if str(name_or_path) not in names:
-        hint = _did_you_mean(str(name_or_path), names)
-        raise ProtocolError(
-            f"unknown protocol {str(name_or_path)!r}{hint}; built-in protocols: {', '.join(names)}; "
-            "or pass the path of a .yaml file"
-        )
-    resource = resources.files(__name__) / f"{name_or_path}.yaml"
-    return resource.read_text(encoding="utf-8"), f"{name_or_path}.yaml"
-
-
-def _did_you_mean(word: str, choices: Any) -> str:
+def _close(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest of ``choices``, else ''."""
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _mapping(value: Any, where: str, origin: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ProtocolError(f"{origin}: {where} must be a mapping, got {type(value).__name__}")
-    return value
-
-
-def _check_keys(
-    value: Mapping[str, Any], where: str, origin: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
-) -> None:
-    allowed = required + optional
-    for key in value:
-        if key not in allowed:
-            raise ProtocolError(
-                f"{origin}: {where}: unknown key {key!r}{_did_you_mean(str(key), allowed)}; "
-                f"allowed keys: {', '.join(allowed)}"
-            )
-    for key in required:
-        if key not in value:
-            raise ProtocolError(f"{origin}: {where}: missing required key {key!r}")
-
-
-def _choice(value: Any, choices: tuple[str, ...], where: str, origin: str) -> str:
-    if value not in choices:
-        raise ProtocolError(
-            f"{origin}: {where} is {value!r}{_did_you_mean(str(value), choices)}; "
-            f"choose one of {', '.join(choices)}"
-        )
-    return value
-
-
-def _number(value: Any, where: str, origin: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ProtocolError(f"{origin}: {where} must be a number, got {value!r}")
-    return float(value)
-
-
-def _text(value: Any, where: str, origin: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ProtocolError(f"{origin}: {where} must be a non-empty string, got {value!r}")
-    return value
-
-
-def _parse_match(value: Any, where: str, origin: str) -> Match:
-    value = _mapping(value, where, origin)
-    keys = ("submission_id", "team_id", "name_pattern")
-    _check_keys(value, where, origin, required=(), optional=keys)
-    given = [k for k in keys if k in value]
-    if len(given) != 1:
-        raise ProtocolError(f"{origin}: {where} needs exactly one of {', '.join(keys)}, got {given or 'none'}")
-    text = _text(str(value[given[0]]), f"{where}.{given[0]}", origin)
-    if given[0] == "name_pattern":
-        _regex(text, f"{where}.name_pattern", origin)
-    return Match(**{given[0]: text})
-
-
-def _regex(text: str, where: str, origin: str) -> str:
+def _compiles(pattern: str) -> str:
     try:
-        re.compile(text)
+        re.compile(pattern)
     except re.error as exc:
-        raise ProtocolError(f"{origin}: {where} is not a valid regex ({exc})") from exc
-    return text
+        raise invalid(f"is not a valid regex ({exc})", r"write a Python regular expression, e.g. '^RLFN\b'") from None
+    return pattern
 
 
-def _parse_metric(name: str, value: Any, origin: str) -> MetricSpec:
-    where = f"metrics.{name}"
-    value = _mapping(value, where, origin)
-    _check_keys(value, where, origin, ("column", "better"), ("combine", "label", "display_scale", "decimals"))
-    column = _text(value["column"], f"{where}.column", origin)
-    table, _, column_name = column.partition(".")
-    if table not in RUN_TABLES or not column_name:
-        raise ProtocolError(
-            f"{origin}: {where}.column is {column!r}; write <table>.<column> with table one of "
-            f"{', '.join(RUN_TABLES)} (e.g. splits.runtime_ms)"
+def _report(found: list[tuple[tuple, str, str]]) -> None:
+    """Raise every (location under the validated field, problem, fix) of a cross-field rule at once."""
+    if found:
+        raise ValidationError.from_exception_data(
+            "rules", [InitErrorDetails(type=invalid(problem, fix), loc=loc, input=None) for loc, problem, fix in found])
+
+
+Text = Annotated[str, Field(min_length=1)]
+Regex = Annotated[str, Field(min_length=1), AfterValidator(_compiles)]
+_MATCH_FIX = "give exactly one of submission_id, team_id or name_pattern, e.g. {submission_id: team99_Bicubic}"
+_TRACK_FIX = "write `metrics: [a, b]` for a rank_sum track or `weights: {a: 0.8, b: 0.2}` for an exp_ratio track"
+
+
+class MatchEntry(Strict):
+    """Selects submissions: exactly one of an exact submission id, an exact team id or a name regex."""
+
+    submission_id: Text | None = about("the submission id (manifest file stem), exact", _MATCH_FIX, default=None)
+    team_id: Text | None = about("the team id, exact", 'write it quoted, e.g. team_id: "00"', default=None)
+    name_pattern: Regex | None = about("a regex searched in the submission's name", _MATCH_FIX, default=None)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> MatchEntry:
+        given = [key for key in MATCH_KEYS if getattr(self, key) is not None]
+        if len(given) != 1:
+            raise invalid(f"needs exactly one of {', '.join(MATCH_KEYS)}, got {', '.join(given) or 'none'}", _MATCH_FIX)
+        return self
+
+    def record(self) -> Match:
+        return Match(self.submission_id, self.team_id, self.name_pattern)
+
+
+class MetricEntry(Strict):
+    """One measured quantity: the run column it reads, how valid and test combine, direction, display."""
+
+    column: str = about("the run column read, <table>.<column> with table submissions or splits",
+                         "write <table>.<column> with table submissions or splits, e.g. splits.runtime_ms",
+                         pattern=rf"^({'|'.join(RUN_TABLES)})\..+$")
+    better: Literal["lower", "higher"] = about("the direction", "write lower or higher")
+    combine: Literal["mean", "max", "min"] | None = about(
+        "how a splits.* column's valid and test values combine into one", "write mean, max or min", default=None)
+    label: Text | None = about("column header in reports (default: the metric's name)", "write a short header",
+                                default=None)
+    display_scale: float = about("factor applied for display, e.g. 1.0e-6 for millions", "write a number",
+                                  default=1.0)
+    decimals: int = about("decimals shown in reports", "write a whole number >= 0", default=2, ge=0)
+
+    @model_validator(mode="after")
+    def _combine_with_splits(self) -> MetricEntry:
+        per_split = self.column.startswith("splits.")
+        if per_split and self.combine is None:
+            raise invalid("a splits.* column needs combine (its valid and test values combine into one)",
+                          "add `combine: mean | max | min`")
+        if not per_split and self.combine is not None:
+            raise invalid("combine applies only to a splits.* column", "remove combine")
+        return self
+
+    def record(self, name: str) -> MetricSpec:
+        table, _, column = self.column.partition(".")
+        return MetricSpec(name, table, column, self.better, self.combine, self.label or name, self.display_scale,
+                          self.decimals)
+
+
+class FigureEntry(Strict):
+    value: float = about("the published figure", "write the published number, e.g. 317218")
+    tolerance: float = about("allowed |measured - value|: 0 = exact; a rounded figure gets half a unit of its "
+                              "last published digit", "write 0 for an exact figure, else a number > 0", ge=0)
+
+
+class IdentityEntry(Strict):
+    """What the baseline model is, by identity: never by team or submission id."""
+
+    architecture: Text = about("the baseline's model class", "write the class name, e.g. RLFN_Prune")
+    variant: str = about("its configuration, in words", "write one line, e.g. 46 feature channels", default="")
+    name_pattern: Regex = about("regex its submission's name matches", r"write a regex such as '^RLFN\b'")
+    published: dict[str, FigureEntry] = about(
+        "its published complexity: submissions.* metric -> {value, tolerance}",
+        "write e.g. `published: {params: {value: 317218, tolerance: 0}}`", min_length=1)
+
+    def record(self) -> BaselineIdentity:
+        return BaselineIdentity(self.architecture, self.variant, self.name_pattern,
+                                tuple(PublishedFigure(m, f.value, f.tolerance) for m, f in self.published.items()))
+
+
+class BaselineEntry(Strict):
+    identity: IdentityEntry = about("what the baseline is", "write `identity: {architecture, name_pattern, published}`")
+    source: Literal["run", "constants"] = about("where its figures come from: the same run or `constants`",
+                                                 "write run or constants", default="run")
+    ranked: bool = about("whether the baseline is ranked too", "write true or false", default=False)
+    constants: dict[str, float] = about("its published figures: metric or val_psnr_db/test_psnr_db -> value",
+                                         "write e.g. `constants: {runtime_ms: 13.54}`", default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_by_identity(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "match" in data:
+            _report([(("match",), ("is not supported: a baseline is named by identity (baseline.identity: "
+                                   "architecture, name_pattern, published figures), never by team or submission id"),
+                      ("describe it under baseline.identity; to pin one submission of a run, rank with "
+                       "--baseline SUBMISSION_ID"))])
+        return data
+
+
+class ReferenceEntry(Strict):
+    match: MatchEntry = about("which submissions", _MATCH_FIX)
+    reason: Text = about("why it is shown", "write one line, e.g. null model (bicubic upsampling)")
+
+
+class GateEntry(Strict):
+    """PSNR gate of one role: an absolute ``min_psnr_db``, or a ``reference`` submission's PSNR + ``margin_db``."""
+
+    min_psnr_db: float | None = about("pass when PSNR >= this", "write a number of dB", default=None)
+    reference: MatchEntry | None = about("pass when PSNR >= this submission's PSNR + margin_db", _MATCH_FIX,
+                                          default=None)
+    margin_db: float | None = about("margin over the reference's PSNR (default 0)", "write a number of dB",
+                                     default=None)
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> GateEntry:
+        absolute, relative = self.min_psnr_db is not None, self.reference is not None
+        if absolute == relative or (absolute and self.margin_db is not None):
+            raise invalid("needs exactly one of min_psnr_db or reference (+ margin_db)",
+                          "write `{min_psnr_db: 26.9}` or `{reference: {submission_id: ...}, margin_db: 0.3}`")
+        return self
+
+    def record(self, role: str) -> Gate:
+        reference = None if self.reference is None else self.reference.record()
+        return Gate(role, self.min_psnr_db, reference, self.margin_db or 0.0)
+
+
+class GatesEntry(Strict):
+    valid: GateEntry | None = about("gate on the valid role", "write `valid: {min_psnr_db: 26.9}`", default=None)
+    test: GateEntry | None = about("gate on the test role", "write `test: {min_psnr_db: 26.99}`", default=None)
+
+
+class SplitsEntry(Strict):
+    valid: Text = about("the run split standing for the valid role", "write a split name, e.g. DIV2K_LSDIR_valid")
+    test: Text = about("the run split standing for the test role", "write a split name, e.g. DIV2K_LSDIR_test")
+
+
+class TrackEntry(Strict):
+    title: Text | None = about("title in reports (default: the track's name)", "write a short title", default=None)
+    formula: Literal["rank_sum", "exp_ratio"] = about("sum of metric ranks, or weighted exp-ratio scores",
+                                                       "write rank_sum or exp_ratio")
+    metrics: list[str] | None = about("a rank_sum track's metrics", "write e.g. `metrics: [params, flops]`",
+                                       default=None)
+    weights: dict[str, Annotated[float, Field(gt=0)]] | None = about(
+        "an exp_ratio track's metric -> positive weight", "write positive weights, e.g. `weights: {runtime_ms: 0.8, "
+        "flops: 0.2}`", default=None)
+
+    @model_validator(mode="after")
+    def _metrics_or_weights(self) -> TrackEntry:
+        given, other = (self.metrics, self.weights) if self.formula == "rank_sum" else (self.weights, self.metrics)
+        if not given or other is not None:
+            raise invalid("a rank_sum track lists its metrics and no weights; an exp_ratio track gives weights and "
+                          "no metrics", _TRACK_FIX)
+        if len(set(self.metric_names)) != len(self.metric_names):
+            raise invalid("lists a metric twice", "list each metric once")
+        return self
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return tuple(self.metrics or self.weights or ())
+
+    def record(self, name: str) -> Track:
+        weights = {m: 1.0 for m in self.metrics} if self.formula == "rank_sum" else self.weights
+        return Track(name, self.title or name, self.formula, tuple(weights.items()))
+
+
+class ConfidenceEntry(Strict):
+    resamples: int = about("bootstrap resamples", "write a whole number >= 1", default=1000, ge=1)
+    seed: int = about("bootstrap seed (fixed: reproducible intervals)", "write a whole number >= 0", default=0, ge=0)
+    level: float = about("interval level", "write a number between 0 and 1, e.g. 0.95", default=0.95, gt=0, lt=1)
+
+
+class RulesDocument(Strict):
+    """A rules file with its includes merged; the JSON Schema of a file is ``docs/rules.schema.json``."""
+
+    name: Text = about("the protocol's name", "write e.g. `name: ntire2026`")
+    version: Text = about("the rules' revision, recorded in the rankings", 'write it quoted, e.g. version: "2026.1"')
+    description: str = about("the rules in a few lines", "write a text", default="")
+    splits: SplitsEntry = about("run split per role", "write `splits: {valid: ..., test: ...}`")
+    metrics: dict[str, MetricEntry] = about("every quantity the rules or the report read", _HELP)
+    tracks: dict[str, TrackEntry] = about("the ranked tracks", _HELP)
+    main_track: Text = about("the track that orders the rankings", "name one of the tracks")
+    baseline: BaselineEntry = about("the baseline, by identity", _HELP)
+    references: list[ReferenceEntry] = about("entries shown but never ranked", "write a list of {match, reason}",
+                                              default_factory=list)
+    gate_rounding: Literal["exact", "2dp"] = about("compare PSNRs exactly or after 2-decimal rounding",
+                                                    "write exact or 2dp", default="exact")
+    gates: GatesEntry = about("PSNR gate per role", "write `gates: {valid: {min_psnr_db: 26.9}}`")
+    exp_ratio_factor: float = about("Score_m = exp(factor * m / m_baseline)", "write a number, e.g. 2.0", default=2.0)
+    confidence: ConfidenceEntry = about("bootstrap settings", "write `confidence: {resamples: 1000, seed: 0, "
+                                         "level: 0.95}`", default=ConfidenceEntry())
+
+    @field_validator("tracks")
+    @classmethod
+    def _defined_metrics(cls, tracks: dict[str, TrackEntry], info: ValidationInfo) -> dict[str, TrackEntry]:
+        if "metrics" in info.data:
+            defined = info.data["metrics"]
+            _report([((name,), f"uses unknown metric {show(metric)}{_close(metric, defined)}",
+                      f"use a metric defined under metrics: {', '.join(defined)}")
+                     for name, track in tracks.items() for metric in track.metric_names if metric not in defined])
+        return tracks
+
+    @field_validator("main_track")
+    @classmethod
+    def _a_track(cls, main: str, info: ValidationInfo) -> str:
+        tracks = info.data.get("tracks")
+        if tracks is not None and main not in tracks:
+            raise invalid(f"{show(main)} is not a track{_close(main, tracks)}", f"name one of {', '.join(tracks)}")
+        return main
+
+    @field_validator("baseline")
+    @classmethod
+    def _figures_known(cls, baseline: BaselineEntry, info: ValidationInfo) -> BaselineEntry:
+        metrics, tracks, found = info.data.get("metrics"), info.data.get("tracks"), []
+        if metrics is not None:
+            counts = [name for name, m in metrics.items() if m.column.startswith("submissions.")]
+            found += [(("identity", "published", name), ("a published figure names a submissions.* metric (a count "
+                       f"measured once per submission){_close(name, counts)}"), f"choose one of {', '.join(counts)}")
+                      for name in baseline.identity.published if name not in counts]
+            known = [*metrics, *PSNR_COLUMN_BY_ROLE.values()]
+            found += [(("constants", key), f"is neither a metric nor a PSNR column{_close(key, known)}",
+                       f"use one of {', '.join(known)}") for key in baseline.constants if key not in known]
+        if tracks is not None and baseline.source == "constants":
+            scored = {m for track in tracks.values() if track.formula == "exp_ratio" for m in track.metric_names}
+            if missing := sorted(scored - set(baseline.constants)):
+                found.append((("source",), f"is constants but baseline.constants lacks {', '.join(missing)}",
+                              "add them to baseline.constants or use source: run"))
+        _report(found)
+        return baseline
+
+    def record(self, source_path: str) -> RankingProtocol:
+        """The runtime record of these rules, read from ``source_path``."""
+        return RankingProtocol(
+            name=self.name,
+            version=self.version,
+            description=self.description,
+            source_path=source_path,
+            splits=(("valid", self.splits.valid), ("test", self.splits.test)),
+            metrics=tuple(entry.record(name) for name, entry in self.metrics.items()),
+            baseline=Baseline(self.baseline.identity.record(), self.baseline.source, self.baseline.ranked,
+                              tuple(self.baseline.constants.items())),
+            references=tuple(Reference(entry.match.record(), entry.reason) for entry in self.references),
+            gate_rounding=self.gate_rounding,
+            gates=tuple(gate.record(role) for role in ROLES if (gate := getattr(self.gates, role)) is not None),
+            tracks=tuple(entry.record(name) for name, entry in self.tracks.items()),
+            main_track=self.main_track,
+            exp_ratio_factor=self.exp_ratio_factor,
+            confidence=ConfidenceSettings(self.confidence.resamples, self.confidence.seed, self.confidence.level),
         )
-    combine = value.get("combine")
-    if table == "splits":
-        combine = _choice(combine, COMBINES, f"{where}.combine (needed for a splits.* column)", origin)
-    elif combine is not None:
-        raise ProtocolError(f"{origin}: {where}.combine only applies to splits.* columns; remove it")
-    decimals = value.get("decimals", 2)
-    if isinstance(decimals, bool) or not isinstance(decimals, int) or decimals < 0:
-        raise ProtocolError(f"{origin}: {where}.decimals must be a non-negative integer, got {decimals!r}")
-    return MetricSpec(
-        name=name,
-        table=table,
-        column=column_name,
-        better=_choice(value["better"], DIRECTIONS, f"{where}.better", origin),
-        combine=combine,
-        label=_text(value.get("label", name), f"{where}.label", origin),
-        display_scale=_number(value.get("display_scale", 1.0), f"{where}.display_scale", origin),
-        decimals=decimals,
-    )
 
 
-def _parse_figure(metric: str, value: Any, metrics: tuple[MetricSpec, ...], origin: str) -> PublishedFigure:
-    where = f"baseline.identity.published.{metric}"
-    counts = tuple(m.name for m in metrics if m.table == "submissions")
-    if metric not in counts:
-        raise ProtocolError(
-            f"{origin}: {where}: a published figure names a submissions.* metric (a count measured once "
-            f"per submission){_did_you_mean(metric, counts)}; choose one of {', '.join(counts)}"
-        )
-    value = _mapping(value, where, origin)
-    _check_keys(value, where, origin, ("value", "tolerance"))
-    tolerance = _number(value["tolerance"], f"{where}.tolerance", origin)
-    if tolerance < 0:
-        raise ProtocolError(f"{origin}: {where}.tolerance must be >= 0 (0 = exact), got {tolerance:g}")
-    return PublishedFigure(metric, _number(value["value"], f"{where}.value", origin), tolerance)
+# --- loading: names, files, includes ------------------------------------------------------------------
+
+def _names(folder: Path) -> tuple[str, ...]:
+    return tuple(sorted(path.stem for path in folder.glob("*.yaml")))
 
 
-def _parse_identity(value: Any, metrics: tuple[MetricSpec, ...], origin: str) -> BaselineIdentity:
-    where = "baseline.identity"
-    value = _mapping(value, where, origin)
-    _check_keys(value, where, origin, ("architecture", "name_pattern", "published"), ("variant",))
-    published = _mapping(value["published"], f"{where}.published", origin)
-    if not published:
-        raise ProtocolError(f"{origin}: {where}.published is empty; give at least the published params")
-    pattern = _text(value["name_pattern"], f"{where}.name_pattern", origin)
-    return BaselineIdentity(
-        architecture=_text(value["architecture"], f"{where}.architecture", origin),
-        variant=str(value.get("variant") or ""),
-        name_pattern=_regex(pattern, f"{where}.name_pattern", origin),
-        published=tuple(_parse_figure(str(k), v, metrics, origin) for k, v in published.items()),
-    )
+def builtin_protocol_names() -> tuple[str, ...]:
+    return _names(FOLDER)
 
 
-def _parse_baseline(value: Any, metrics: tuple[MetricSpec, ...], origin: str) -> Baseline:
-    value = _mapping(value, "baseline", origin)
-    if "match" in value:
-        raise ProtocolError(
-            f"{origin}: baseline.match is not supported: a baseline is named by identity "
-            "(baseline.identity: architecture, name_pattern, published figures), never by team or "
-            "submission id; to pin one submission of a run, rank with --baseline SUBMISSION_ID"
-        )
-    _check_keys(value, "baseline", origin, ("identity",), ("source", "ranked", "constants"))
-    metric_names = tuple(m.name for m in metrics)
-    constants = _mapping(value.get("constants") or {}, "baseline.constants", origin)
-    allowed = metric_names + tuple(PSNR_COLUMN_BY_ROLE.values())
-    _check_keys(constants, "baseline.constants", origin, required=(), optional=allowed)
-    ranked = value.get("ranked", False)
-    if not isinstance(ranked, bool):
-        raise ProtocolError(f"{origin}: baseline.ranked must be true or false, got {ranked!r}")
-    return Baseline(
-        identity=_parse_identity(value["identity"], metrics, origin),
-        source=_choice(value.get("source", "run"), BASELINE_SOURCES, "baseline.source", origin),
-        ranked=ranked,
-        constants=tuple((k, _number(v, f"baseline.constants.{k}", origin)) for k, v in constants.items()),
-    )
+def _shown(path: Path) -> str:
+    """How a file is named in messages: relative to this folder for a built-in one."""
+    return str(path.relative_to(FOLDER)) if path.is_relative_to(FOLDER) else str(path)
 
 
-def _parse_gate(role: str, value: Any, origin: str) -> Gate:
-    where = f"gates.{role}"
-    value = _mapping(value, where, origin)
-    _check_keys(value, where, origin, required=(), optional=("min_psnr_db", "reference", "margin_db"))
-    if ("min_psnr_db" in value) == ("reference" in value):
-        raise ProtocolError(f"{origin}: {where} needs exactly one of min_psnr_db or reference (+ margin_db)")
-    if "min_psnr_db" in value:
-        if "margin_db" in value:
-            raise ProtocolError(f"{origin}: {where}.margin_db only applies with a reference; remove it")
-        return Gate(role, _number(value["min_psnr_db"], f"{where}.min_psnr_db", origin), None, 0.0)
-    return Gate(
-        role,
-        None,
-        _parse_match(value["reference"], f"{where}.reference", origin),
-        _number(value.get("margin_db", 0.0), f"{where}.margin_db", origin),
-    )
-
-
-def _parse_track(name: str, value: Any, metric_names: tuple[str, ...], origin: str) -> Track:
-    where = f"tracks.{name}"
-    value = _mapping(value, where, origin)
-    _check_keys(value, where, origin, ("formula",), ("title", "metrics", "weights"))
-    formula = _choice(value["formula"], FORMULAS, f"{where}.formula", origin)
-    if formula == "rank_sum":
-        if "weights" in value or not isinstance(value.get("metrics"), list) or not value["metrics"]:
-            raise ProtocolError(f"{origin}: {where}: a rank_sum track lists its metrics (metrics: [a, b]), no weights")
-        weights = [(str(m), 1.0) for m in value["metrics"]]
+def load_protocol(name_or_path: str | Path) -> RankingProtocol:
+    """Load and validate a built-in protocol by name, or a YAML file by path (includes merged)."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in RULES_SUFFIXES or candidate.exists():
+        if not candidate.is_file():
+            raise ProtocolError(f"protocol file {candidate} does not exist")
+        path, origin = candidate, str(candidate)
     else:
-        if "metrics" in value:
-            raise ProtocolError(f"{origin}: {where}: an exp_ratio track gives weights: {{metric: weight}}, not metrics")
-        given = _mapping(value.get("weights"), f"{where}.weights", origin)
-        if not given:
-            raise ProtocolError(f"{origin}: {where}.weights is empty")
-        weights = [(str(m), _number(w, f"{where}.weights.{m}", origin)) for m, w in given.items()]
-        if any(w <= 0 for _, w in weights):
-            raise ProtocolError(f"{origin}: {where}.weights must all be positive")
-    for metric, _ in weights:
-        if metric not in metric_names:
+        names = builtin_protocol_names()
+        if str(name_or_path) not in names:
             raise ProtocolError(
-                f"{origin}: {where} uses unknown metric {metric!r}{_did_you_mean(metric, metric_names)}; "
-                f"metrics defined: {', '.join(metric_names)}"
-            )
-    if len({m for m, _ in weights}) != len(weights):
-        raise ProtocolError(f"{origin}: {where} lists a metric twice")
-    return Track(name, _text(value.get("title", name), f"{where}.title", origin), formula, tuple(weights))
+                f"unknown protocol {str(name_or_path)!r}{_close(str(name_or_path), names)}; built-in protocols: "
+                f"{', '.join(names)}; or pass the path of a .yaml file")
+        path = FOLDER / f"{name_or_path}.yaml"
+        origin = _shown(path)
+    document = _merged_document(path, origin, ())
+    try:
+        return RulesDocument.model_validate(document).record(origin)
+    except ValidationError as exc:
+        raise ProtocolError.listing(origin, problems(exc, RulesDocument, _HELP)) from None
 
 
-def _parse_confidence(value: Any, origin: str) -> ConfidenceSettings:
-    value = _mapping(value or {}, "confidence", origin)
-    _check_keys(value, "confidence", origin, required=(), optional=("resamples", "seed", "level"))
-    resamples, seed = value.get("resamples", 1000), value.get("seed", 0)
-    level = _number(value.get("level", 0.95), "confidence.level", origin)
-    for key, number in (("resamples", resamples), ("seed", seed)):
-        if isinstance(number, bool) or not isinstance(number, int) or number < (1 if key == "resamples" else 0):
-            kind = "positive" if key == "resamples" else "non-negative"
-            raise ProtocolError(f"{origin}: confidence.{key} must be a {kind} integer, got {number!r}")
-    if not 0.0 < level < 1.0:
-        raise ProtocolError(f"{origin}: confidence.level must lie in (0, 1), got {level}")
-    return ConfidenceSettings(resamples, seed, level)
+def _merged_document(path: Path, origin: str, chain: tuple[Path, ...]) -> Any:
+    """The YAML document of ``path`` over its ``include:`` base, recursively; ``chain``: the including files."""
+    if path.resolve() in chain:
+        cycle = " -> ".join(_shown(p) for p in (*chain, path.resolve()))
+        raise ProtocolError(f"{origin}: include: a cycle ({cycle}). Fix: remove one of these includes")
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ProtocolError(f"{origin}: (file): not valid YAML ({printable(str(exc), 300)}). Fix: correct the "
+                            "YAML syntax") from exc
+    if not isinstance(document, dict) or "include" not in document:
+        return document
+    base_path = _include(document.pop("include"), path, origin)
+    base = _merged_document(base_path, _shown(base_path), (*chain, path.resolve()))
+    if not isinstance(base, dict):
+        raise ProtocolError(f"{_shown(base_path)}: (file): must be a mapping, got {show(base)}. Fix: {_HELP}")
+    inherited = {key: value for key, value in base.items() if key not in OWN_KEYS}
+    return _merge(inherited, document)
 
 
-def _parse_protocol(document: Any, origin: str) -> RankingProtocol:
-    document = _mapping(document, "the top level", origin)
-    _check_keys(
-        document,
-        "top level",
-        origin,
-        ("name", "splits", "metrics", "baseline", "gates", "tracks", "main_track"),
-        ("description", "references", "gate_rounding", "exp_ratio_factor", "confidence"),
-    )
-    splits = _mapping(document["splits"], "splits", origin)
-    _check_keys(splits, "splits", origin, ROLES)
-    metrics_doc = _mapping(document["metrics"], "metrics", origin)
-    metrics = tuple(_parse_metric(str(k), v, origin) for k, v in metrics_doc.items())
-    metric_names = tuple(m.name for m in metrics)
-    gates_doc = _mapping(document["gates"], "gates", origin)
-    _check_keys(gates_doc, "gates", origin, required=(), optional=ROLES)
-    tracks_doc = _mapping(document["tracks"], "tracks", origin)
-    tracks = tuple(_parse_track(str(k), v, metric_names, origin) for k, v in tracks_doc.items())
-    track_names = tuple(t.name for t in tracks)
-    main_track = _text(document["main_track"], "main_track", origin)
-    if main_track not in track_names:
-        raise ProtocolError(
-            f"{origin}: main_track {main_track!r} is not a track{_did_you_mean(main_track, track_names)}; "
-            f"tracks: {', '.join(track_names)}"
-        )
-    references_doc = document.get("references") or []
-    if not isinstance(references_doc, list):
-        raise ProtocolError(f"{origin}: references must be a list of {{match: ..., reason: ...}}")
-    references = []
-    for i, item in enumerate(references_doc):
-        item = _mapping(item, f"references[{i}]", origin)
-        _check_keys(item, f"references[{i}]", origin, ("match", "reason"))
-        references.append(
-            Reference(
-                _parse_match(item["match"], f"references[{i}].match", origin),
-                _text(item["reason"], f"references[{i}].reason", origin),
-            )
-        )
-    baseline = _parse_baseline(document["baseline"], metrics, origin)
-    if baseline.source == "constants":
-        exp_metrics = {m for t in tracks if t.formula == "exp_ratio" for m in t.metric_names}
-        missing = sorted(exp_metrics - {k for k, _ in baseline.constants})
-        if missing:
-            raise ProtocolError(
-                f"{origin}: baseline.source is constants but baseline.constants lacks {', '.join(missing)}; "
-                "add them or use source: run"
-            )
-    return RankingProtocol(
-        name=_text(document["name"], "name", origin),
-        description=str(document.get("description", "")),
-        source_path=origin,
-        splits=tuple((role, _text(splits[role], f"splits.{role}", origin)) for role in ROLES),
-        metrics=metrics,
-        baseline=baseline,
-        references=tuple(references),
-        gate_rounding=_choice(document.get("gate_rounding", "exact"), GATE_ROUNDINGS, "gate_rounding", origin),
-        gates=tuple(_parse_gate(role, gates_doc[role], origin) for role in ROLES if role in gates_doc),
-        tracks=tracks,
-        main_track=main_track,
-        exp_ratio_factor=_number(document.get("exp_ratio_factor", 2.0), "exp_ratio_factor", origin),
-        confidence=_parse_confidence(document.get("confidence"), origin),
-    )
+OWN_KEYS = ("name", "version", "description")  # what rules are called is never inherited from a base
+
+
+def _include(reference: Any, including: Path, origin: str) -> Path:
+    """The file ``include: reference`` in ``including`` names: a path relative to it, or a built-in name."""
+    bases, protocols = _names(BASES), builtin_protocol_names()
+    fix = (f"name a built-in base ({', '.join(bases)}) or protocol ({', '.join(protocols)}), or give a path "
+           "relative to the including file")
+    if not isinstance(reference, str) or not reference:
+        raise ProtocolError(f"{origin}: include: must be a name or a path, got {show(reference)}. Fix: {fix}")
+    if reference.endswith(RULES_SUFFIXES) or "/" in reference:
+        path = including.parent / reference
+        if not path.is_file():
+            raise ProtocolError(f"{origin}: include: {_shown(path)} does not exist. Fix: {fix}")
+        return path
+    if reference in bases or reference in protocols:
+        return (BASES if reference in bases else FOLDER) / f"{reference}.yaml"
+    raise ProtocolError(f"{origin}: include: unknown base {show(reference)}{_close(reference, bases + protocols)}. "
+                        f"Fix: {fix}")
+
+
+def _merge(base: dict, override: dict) -> dict:
+    """``override`` over ``base``: mappings merge recursively, anything else (lists, scalars) is replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        both = isinstance(merged.get(key), dict) and isinstance(value, dict)
+        merged[key] = _merge(merged[key], value) if both else value
+    return merged
+
+
+def json_schema_text() -> str:
+    """The JSON Schema of a rules file (``docs/rules.schema.json``), for editors' completion and checks.
+    A base or an including file gives only some keys, so the schema requires none: every required
+    key is checked on load, on the merged document."""
+    schema = RulesDocument.model_json_schema(by_alias=True)
+    for part in (schema, *schema["$defs"].values()):
+        part.pop("required", None)
+    schema["properties"]["include"] = {
+        "type": "string", "description": "the base these rules override: a built-in base or protocol name, or a "
+        "path relative to this file; mappings merge recursively, anything else is replaced"}
+    schema["title"] = "esr-eval ranking rules"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from esr_eval.records import atomic_write
 
 RLFN_PARAMS = 317_218
 RLFN_FLOPS = 19_674_859_520
@@ -43,9 +44,7 @@ ARCHITECTURES = (
 
 def _write_part(table: pd.DataFrame, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    temporary = folder / f".part-00000.parquet.tmp-{os.getpid()}"
-    table.to_parquet(temporary, index=False)
-    os.replace(temporary, folder / "part-00000.parquet")
+    atomic_write(folder / "part-00000.parquet", lambda temporary: table.to_parquet(temporary, index=False))
 
 
 def _names(n_entries: int) -> list[str]:
