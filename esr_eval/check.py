@@ -14,8 +14,11 @@ stage that fails is worded by :func:`esr_eval.evaluate.describe_failure`, exactl
 evaluator's error row words it. What this module adds is its verdicts:
 
 1. ``manifest``: the manifest parses and validates (:mod:`esr_eval.manifest`); no model code runs.
-2. ``import``: the sandbox restricts itself as in the evaluation, then builds the class with the
-   manifest's arguments; the message says which protections are active.
+2. ``import``: the model code's imports are read (:mod:`esr_eval.requirements`, nothing run) and
+   every module this environment lacks is listed with the line that imports it, all at once; the
+   sandbox restricts itself as in the evaluation, then builds the class with the manifest's
+   arguments; the message says which protections are active. A lacking module the construction
+   never reached (an optional import, or one in code that runs later) is a warning.
 3. ``load``: the checkpoint loads as the evaluator loads it (:mod:`esr_eval.loading`: sha256,
    ``weights_only`` unpickling, strict keys and shapes). ``strict: false`` with key differences,
    ``trusted_pickle`` used, and ``.cuda()`` calls redirected to the CPU are warnings.
@@ -73,6 +76,7 @@ from esr_eval.evaluate import (
 from esr_eval.hygiene import REPEAT_TOLERANCE
 from esr_eval.manifest import MANIFEST_SUFFIXES, Submission, SubmissionError, manifest_paths, parse_manifest, printable
 from esr_eval.quality import psnr_db, to_uint8
+from esr_eval.requirements import ImportSite, import_sites, missing, requirements_for
 from esr_eval.sandbox import RemoteAdapter, RemoteError, Sandbox, SandboxError, SandboxTimeout, to_input
 from esr_eval.timing import OFFICIAL
 
@@ -208,12 +212,25 @@ class _Checker:
             self.sandbox.close()
 
     def check_import(self) -> CheckResult:
+        absent = missing(import_sites(self.sub.model_path, self.sub.root))  # every one, read not run
         self.sandbox = _BoundedSandbox(self.config.device, self.timeout_s)
         self.overheads = calibrate(self.sandbox, self.sub, [self.decoded])  # before any submission code
         protections = restrict_fields(self.sandbox, self.sub, self.config)["sandbox"]
-        reply = self.sandbox.request("construct")
-        return CheckResult(IMPORT, PASS, f"built {printable(str(reply.get('class_name')), 100)} from "
-                                         f"{self.sub.model.file} in the sandbox ({protections})")
+        try:
+            reply = self.sandbox.request("construct")
+        except RemoteError as exc:
+            if not absent:
+                raise
+            self.blocked = True
+            failure = describe_failure("load", exc, self.config.memory_limit_mb)
+            return CheckResult(IMPORT, FAIL, f"{failure.problem}; {_absent_modules(absent, self.sub.root)}",
+                               f"{failure.fix}; all of them: pip install {' '.join(requirements_for(absent))}")
+        built = (f"built {printable(str(reply.get('class_name')), 100)} from {self.sub.model.file} in the sandbox "
+                 f"({protections})")
+        if absent:  # imports the construction never reached (optional, or in code run later)
+            return CheckResult(IMPORT, WARN, f"{built}; {_absent_modules(absent, self.sub.root)}, not reached yet",
+                               "list them under `requirements:` if the model needs them when it runs")
+        return CheckResult(IMPORT, PASS, built)
 
     def check_load(self) -> CheckResult:
         info = self.sandbox.request("load")
@@ -355,6 +372,11 @@ def _run_isolated(sub: Submission, device: str, timeout_s: float) -> list[CheckR
         finally:
             checker.close()
     return results
+
+
+def _absent_modules(absent: list[ImportSite], root: Path) -> str:
+    count = f"{len(absent)} module{'s' if len(absent) > 1 else ''}"
+    return f"the model code imports {count} this environment lacks: " + "; ".join(s.describe(root) for s in absent)
 
 
 def _manifest_summary(sub: Submission) -> str:

@@ -190,7 +190,8 @@ def prepare_run(args):
 
 def cmd_evaluate(args) -> int:
     from esr_eval.data import recheck_splits
-    from esr_eval.evaluate import evaluate_submission, manifest_failure
+    from esr_eval.environments import lacking
+    from esr_eval.evaluate import evaluate_submission, manifest_failure, requirements_failure
     from esr_eval.provenance import run_metadata
     from esr_eval.run import RunFolder, fingerprint, new_run_id
 
@@ -211,10 +212,12 @@ def cmd_evaluate(args) -> int:
             if done.get(sub.submission_id) == key:
                 print(f"{sub.submission_id}: already complete in this run, skipped")
                 continue
-            result = evaluate_submission(sub, splits, config, folder.run_id)
+            unmet = lacking(sub)
+            result = (evaluate_submission(sub, splits, config, folder.run_id) if not unmet
+                      else requirements_failure(sub, unmet, folder.run_id))
             folder.write_result(result, key)
             status = result.submission.status
-            failed += status != "ok"
+            failed += status not in ("ok", "skipped")
             print(f"{sub.submission_id}: {status}" + (f" — {result.submission.error}" if status != "ok" else ""),
                   flush=True)
         split_check = recheck_splits(splits)  # the split files again, now: did they change mid-run?

@@ -13,8 +13,13 @@ Contract
   writes an ``error`` row saying so — never a CPU-timed ``ok`` row.
 * As each submission finishes, its rows are written to the run folder before the driver waits
   for the next one. A progress bar shows done / failed / running and an ETA.
+* Environments (:mod:`esr_eval.environments`): a submission with ``requirements:`` gets an actor
+  with its own Ray ``runtime_env`` (pip, cached per requirement set and node); a requirement that
+  would replace what the evaluator runs on is an ``error`` row (stage ``requirements``) before
+  anything is installed. Rows record ``requirements_sha256``, ``requirements_installed`` (read in
+  the actor) and ``actor_startup_s``.
 * Clocks (monotonic, on the driver): an actor has ``startup_timeout_s`` to start (scheduling,
-  process start, imports) → ``status=startup_timeout``; the submission's own ``timeout_s`` starts
+  building its environment, process start, imports) → ``status=startup_timeout``; the submission's own ``timeout_s`` starts
   only once its actor answers that it is running → past it the actor is killed, ``status=timeout``.
 * Faults: an exception inside the submission → ``status=error`` from the actor itself. An actor
   that dies is not judged at once, because its error can arrive before the cluster declares its
@@ -45,6 +50,7 @@ from ray.exceptions import RayActorError
 from tqdm import tqdm
 
 from esr_eval.attribution import NodeLosses
+from esr_eval.environments import installed_versions, plan
 from esr_eval.evaluate import EvaluationConfig, evaluate_submission, manifest_failure, manifest_fields
 from esr_eval.manifest import Submission, SubmissionError
 from esr_eval.nodes import GpuWaitError, alive_nodes, gpu_count, gpu_models, node_alive, probe_node
@@ -127,7 +133,9 @@ class SubmissionActor:
             return EvaluationResult(submission=dataclasses.replace(row, node_id=node_id, hostname=socket.gethostname(),
                                                                    device_kind="cpu"))
         result = evaluate_submission(sub, splits, config, run_id)
-        return dataclasses.replace(result, submission=dataclasses.replace(result.submission, node_id=node_id))
+        installed = installed_versions(plan(sub).packages)  # in this actor's environment
+        return dataclasses.replace(result, submission=dataclasses.replace(
+            result.submission, node_id=node_id, requirements_installed=installed))
 
 
 def _slots(options: DriverOptions) -> tuple[str, int]:
@@ -167,9 +175,9 @@ class _Driver:
     """The scheduling loop of one run (state kept here, rows written through ``folder``)."""
 
     def __init__(self, subs, splits, config, folder: RunFolder, options: DriverOptions, keys: dict, slots: int,
-                 actor_class):
+                 actor_class, resources: dict, environments: dict):
         self.splits, self.config, self.folder, self.options, self.keys = splits, config, folder, options, keys
-        self.slots, self.actor_class = slots, actor_class
+        self.slots, self.actor_class, self.resources, self.environments = slots, actor_class, resources, environments
         self.queue = [(s, 1) for s in lpt_order(subs, lambda s: s.submission_id, options.expected_s)]
         self.jobs: list[_Job] = []
         self.losses = NodeLosses()
@@ -187,6 +195,9 @@ class _Driver:
 
     def finish(self, job: _Job, result: EvaluationResult) -> None:
         sid = job.sub.submission_id
+        startup_s = None if job.running_since_s is None else job.running_since_s - job.launched_s
+        result = dataclasses.replace(result, submission=dataclasses.replace(
+            result.submission, actor_startup_s=startup_s, requirements_sha256=self.environments[sid].sha256))
         self.folder.write_result(result, self.keys[sid], attempts=job.attempt)
         self.statuses[sid], self.attempts[sid] = result.submission.status, job.attempt
         self.written.append(sid)
@@ -202,7 +213,9 @@ class _Driver:
             self.jobs.remove(job)
 
     def launch(self, sub: Submission, attempt: int) -> None:
-        actor = self.actor_class.remote()
+        environment = self.environments[sub.submission_id].runtime_env()
+        options = {**self.resources, **({"runtime_env": environment} if environment else {})}
+        actor = self.actor_class.options(**options).remote()
         node_ref = actor.node.remote()  # actor calls run in order: this answers just before evaluate starts
         ref = actor.evaluate.remote(sub, self.splits, self.config, self.run_id)
         self.jobs.append(_Job(sub, actor, ref, node_ref, attempt, time.monotonic()))
@@ -233,7 +246,7 @@ class _Driver:
         shown = (len(self.written), len(self.jobs))
         if shown != self.shown:  # the postfix changes only when a submission is written or launched
             self.shown = shown
-            failed = sum(s != "ok" for s in self.statuses.values())
+            failed = sum(s not in ("ok", "skipped") for s in self.statuses.values())
             self.bar.set_postfix(done=len(self.written) - failed, failed=failed, running=len(self.jobs),
                                  refresh=False)
 
@@ -368,18 +381,28 @@ def run_distributed(subs: list[Submission], manifest_errors: list[SubmissionErro
     if scheduling == "cpu" and config.torch_threads is None:
         config = dataclasses.replace(config, torch_threads=options.cpus_per_actor)
     actor_class = ray.remote(max_restarts=0, max_task_retries=0)(options.actor_class or SubmissionActor)
-    actor_class = actor_class.options(**resources)
+    environments, refused = {}, []
+    for sub in subs:
+        try:
+            environments[sub.submission_id] = plan(sub)
+        except SubmissionError as exc:  # refused before anything is installed
+            refused.append(EvaluationResult(submission=_failure_row(
+                sub, folder.run_id, "error", f"{exc.field_name}: {exc.problem}. Fix: {exc.fix}", stage=exc.stage)))
+    subs = [s for s in subs if s.submission_id in environments]
 
     for error in manifest_errors:
         folder.write_result(manifest_failure(error, folder.run_id), fingerprint=None)
+    for result in refused:
+        folder.write_result(result, fingerprint=None)
     pinned = {options.gpu_model} if options.gpu_model else models
     done = folder.completed(device_kind=device, gpu_models=pinned if device == "cuda" else None)
     keys = {s.submission_id: fingerprint(s, config.protocol.protocol_id, splits) for s in subs}
     skipped = tuple(s.submission_id for s in subs if done.get(s.submission_id) == keys[s.submission_id])
     driver = _Driver([s for s in subs if s.submission_id not in skipped], splits, config, folder, options, keys,
-                     slots, actor_class)
-    driver.statuses.update({e.submission_id: "error" for e in manifest_errors})
-    driver.written.extend(e.submission_id for e in manifest_errors)
+                     slots, actor_class, resources, environments)
+    not_run = [e.submission_id for e in manifest_errors] + [r.submission.submission_id for r in refused]
+    driver.statuses.update({sid: "error" for sid in not_run})
+    driver.written.extend(not_run)
     driver.run()
     return DriverSummary(written=tuple(driver.written), skipped=skipped, statuses=driver.statuses,
                          scheduling=scheduling, slots=driver.slots, gpu_models=tuple(sorted(models)),

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from packaging.specifiers import SpecifierSet
 
 from esr_eval.complexity import BUFFER_SHARE, Complexity, buffer_flag, complexity_from_reply, input_dependence_flag
 from esr_eval.containment import contained
@@ -52,6 +54,7 @@ from esr_eval.provenance import device_facts, facts_dict
 from esr_eval.quality import score
 from esr_eval.records import EvaluationResult, SampleRow, SplitRow, SubmissionRow
 from esr_eval.recount import check_trace, checkpoint_float_elements
+from esr_eval.requirements import cuda_only, import_sites
 from esr_eval.sandbox import RemoteAdapter, RemoteError, Sandbox, SandboxError, obtain, restrict, to_input
 from esr_eval.settings import EvaluationConfig  # noqa: F401 (defined there, torch-free; imported from here too)
 from esr_eval.timing import CallTiming, calibrate_overhead, external_check, summarize, time_split
@@ -310,15 +313,41 @@ def _prepare_device(config: EvaluationConfig) -> torch.device:
     return device
 
 
+def unmet_needs(sub: Submission, device: torch.device) -> str | None:
+    """Why this run cannot measure ``sub`` (its manifest's ``needs``, or a CUDA-only extension its
+    code imports, on a device that lacks it); None when it can."""
+    needs = sub.needs
+    if device.type != "cuda":
+        if needs.cuda:
+            return "the manifest declares `needs: {cuda: true}` and this run has no CUDA device"
+        extension = next(iter(cuda_only(import_sites(sub.model_path, sub.root))), None)
+        if extension is not None:
+            return (f"it imports the CUDA-only extension {extension.describe(sub.root)} and this run has no "
+                    "CUDA device")
+    elif needs.min_gpu_memory_gb:
+        total_gb = torch.cuda.get_device_properties(device).total_memory / 2**30
+        if total_gb < needs.min_gpu_memory_gb:
+            return f"it needs {needs.min_gpu_memory_gb:g} GiB of GPU memory and this GPU has {total_gb:.1f} GiB"
+    if needs.python and not SpecifierSet(needs.python).contains(platform.python_version()):
+        return f"it runs on Python {needs.python} and this run has Python {platform.python_version()}"
+    return None
+
+
 def evaluate_submission(sub: Submission, splits: list[Split], config: EvaluationConfig,
                         run_id: str) -> EvaluationResult:
     """Measure one submission on every split, its code in a sandbox process (memory limit, Landlock,
-    nothing it spawns survives); failures become an error row."""
+    nothing it spawns survives); failures become an error row; a submission this run cannot
+    measure (:func:`unmet_needs`) a ``skipped`` row that says why, its code never run."""
     device = _prepare_device(config)
     started = time.time()
     facts = facts_dict(device_facts(device))
     base = dict(run_id=run_id, **manifest_fields(sub), timing_protocol=config.protocol.protocol_id,
                 runtime_statistic=config.protocol.headline, started_at_unix_s=started, **facts)
+    unmet = unmet_needs(sub, device)
+    if unmet is not None:
+        row = SubmissionRow(status="skipped", error=f"[{sub.submission_id}] not measured on this hardware: {unmet}",
+                            error_stage="needs", **base, wall_s=time.time() - started)
+        return EvaluationResult(submission=row, splits=(), samples=())
     fields, split_rows, sample_rows = {}, [], []
     failure = None
     with contained(None) as box:
@@ -392,6 +421,15 @@ def _measure(sub, splits, config, run_id, device, fields: dict, split_rows: list
     finally:
         if sandbox is not None:
             sandbox.close()
+
+
+def requirements_failure(sub: Submission, unmet: list[str], run_id: str) -> EvaluationResult:
+    """The row of a submission the in-process evaluation does not run: its requirements are not installed."""
+    message = (f"[{sub.submission_id}] requirements: this environment lacks {', '.join(unmet)}; not run. Fix: "
+               f"pip install {' '.join(repr(line) for line in unmet)}, or evaluate it with evaluate_all.py, which "
+               "installs each submission's requirements in its own environment")
+    return EvaluationResult(submission=SubmissionRow(run_id=run_id, status="error", error=message,
+                                                     error_stage="requirements", **manifest_fields(sub)))
 
 
 def manifest_failure(error: SubmissionError, run_id: str) -> EvaluationResult:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from pydantic import AfterValidator, BeforeValidator, ValidationError, ValidationInfo, field_validator
 
 from esr_eval.validation import Problem, Strict, about, did_you_mean, invalid, printable, problems, show
@@ -251,6 +252,27 @@ class AdapterSpec:
         return ",".join(parts) or "none"
 
 
+def _specifier(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            SpecifierSet(value)
+        except InvalidSpecifier:
+            raise invalid(f"is not a version range, got {show(value)}", "write a range such as \">=3.10,<3.13\"") from None
+    return value
+
+
+class NeedsEntry(Strict):
+    """What a submission needs to run; a run that cannot provide it records the submission as
+    ``skipped`` ("not measured on this hardware"), never as an error."""
+
+    cuda: bool = about("needs a CUDA GPU (a CUDA-only extension, custom kernels)", "write `cuda: true` or `false`",
+                       default=False)
+    min_gpu_memory_gb: float | None = about("GPU memory it needs, GiB", "write a number such as 24", default=None,
+                                            gt=0)
+    python: Annotated[str | None, AfterValidator(_specifier)] = about(
+        "Python versions it runs on (a PEP 440 range)", 'write a range such as ">=3.10,<3.13"', default=None)
+
+
 class ManifestDocument(Strict):
     """One manifest file, as written (README, "Submission manifests"); its JSON Schema is
     ``docs/manifest.schema.json``."""
@@ -271,6 +293,9 @@ class ManifestDocument(Strict):
                                          "write `adapter: {pad_to_multiple: 16}` or omit it", default=None)
     requirements: Annotated[tuple[str, ...], _none_as(())] = about(
         "pip requirement strings", "write `requirements: [einops, timm==0.9.2]`", default=(), strict=False)
+    needs: Annotated[NeedsEntry, _none_as({})] = about(
+        "what it needs to run (CUDA, GPU memory, Python)", "write e.g. `needs: {cuda: true, min_gpu_memory_gb: 24}`",
+        default_factory=NeedsEntry)
     weights: str | int | float | None = about(
         "free text on how the weights were made",
         'write one line such as `weights: "trained on DIV2K, 1000k iterations"`', default="")
@@ -335,6 +360,7 @@ class Submission:
     adapter: AdapterSpec
     requirements: tuple[str, ...] = ()
     weights: str = ""
+    needs: NeedsEntry = NeedsEntry()
 
     @property
     def model_path(self) -> Path:
@@ -466,6 +492,7 @@ def parse_manifest(path: Path, root: Path, check_files: bool = True) -> Submissi
         adapter=document.adapter_spec(),
         requirements=document.requirements,
         weights=str(document.weights or ""),
+        needs=document.needs,
     )
 
 

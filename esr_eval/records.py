@@ -85,12 +85,13 @@ class SubmissionRow:
     submission_id: str = column("`team<NN>_<Name>`, from the manifest")
     team_id: str = column("team number from the manifest (empty when the manifest did not parse)")
     name: str = column("method name from the manifest")
-    status: str = column("`ok`, `error`, `timeout`, `startup_timeout` or `crashed`")
+    status: str = column("`ok`, `skipped` (not measured on this hardware: `error` says why), `error`, `timeout`, "
+                         "`startup_timeout` or `crashed`")
     fingerprint: str | None = column("sha256 of manifest, checkpoint, timing protocol and split hashes: what must "
                                      "match for a resumed run to keep the row", None)
     error: str | None = column("what failed, and the fix; null when ok", None)
     error_stage: str | None = column("stage that failed (manifest, checkpoint, load, inference, complexity, "
-                                     "hygiene, ...)", None)
+                                     "hygiene, ...; `needs` for a skipped row)", None)
     traceback: str | None = column("Python traceback of the failure", None)
     attempts: int = column("times the driver ran the submission (a crash or timeout is retried)", 1)
     strict: bool = column("checkpoint loaded with `strict=True` (false only when declared)", True)
@@ -146,6 +147,14 @@ class SubmissionRow:
     gpu_uuid: str | None = column("UUID of the GPU measured on", None)
     hostname: str | None = column("host measured on", None)
     node_id: str | None = column("Ray node measured on", None)
+    actor_startup_s: float | None = column("seconds from the actor's request to its start (scheduling, process, imports "
+                                           "and, for a submission with requirements, building its environment: "
+                                           "cached per node and requirement set); never counted against `timeout`",
+                                           None)
+    requirements_sha256: str | None = column("sha256 of the manifest's requirement set (sorted, normalised); null "
+                                             "when it has none", None)
+    requirements_installed: str | None = column("`name==version; ...` of the requirements as installed in the "
+                                                "submission's environment (Ray runs)", None)
     torch_num_threads: int | None = column("torch intra-op threads", None)
     cudnn_benchmark: bool | None = column("`torch.backends.cudnn.benchmark`", None)
     tf32_matmul: bool | None = column("TF32 allowed in matmul", None)

@@ -67,7 +67,7 @@ __all__ = ["RunFolder", "RunIntegrity", "RunLockedError", "fingerprint", "new_ru
            "summary_frame", "verify_run"]
 
 LOCK_NAME = "driver.lock"
-RESUMABLE_STATUSES = ("ok", "error")
+RESUMABLE_STATUSES = ("ok", "error", "skipped")
 
 
 class RunLockedError(RuntimeError):

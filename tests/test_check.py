@@ -107,6 +107,29 @@ def test_below_bicubic_is_a_warning_not_a_failure(factory):
     assert "below bicubic" in psnr.message and "WARN" in report.render()
 
 
+def test_every_missing_module_is_listed_at_once_with_its_line(factory):
+    """Three modules this environment lacks, one in a local helper file: all named in one pass."""
+    prelude = "import einops\nimport team10_helpers\nfrom timm.layers import DropPath\n"
+    path = factory.make(model_source={"prelude": prelude})
+    (factory.root / "models" / "team10_helpers.py").write_text("import mmcv\n")
+    report = check_submission(path, factory.root)
+    result = report.result("import")
+    assert result.status == FAIL and "No module named 'einops'" in result.message, report.render()
+    assert "imports 3 modules this environment lacks" in result.message
+    for shown in ("einops (models/team10_Tiny.py:1: `import einops`)", "mmcv (models/team10_helpers.py:1: `import mmcv`)",
+                  "timm (models/team10_Tiny.py:3: `from timm.layers import DropPath`)"):
+        assert shown in result.message
+    assert "pip install einops mmcv-lite timm" in result.fix
+
+
+def test_a_missing_module_behind_an_optional_import_is_a_warning(factory):
+    prelude = "try:\n    import einops\nexcept ImportError:\n    einops = None\n"
+    report = check_submission(factory.make(model_source={"prelude": prelude}), factory.root)
+    result = report.result("import")
+    assert result.status == WARN and report.result("load").status == PASS, report.render()
+    assert "einops (models/team10_Tiny.py:2: `import einops`)" in result.message and "requirements:" in result.fix
+
+
 def test_invalid_manifest_fails_first_and_nothing_runs(factory):
     path = factory.make()
     path.write_text(path.read_text().replace("data_range:", "data_rnge:"))

@@ -43,6 +43,24 @@ def test_evaluate_writes_run_folder_and_resumes(factory, tmp_path, capsys):
     assert "already complete in this run, skipped" in capsys.readouterr().out
 
 
+def test_evaluate_does_not_run_a_submission_whose_requirements_are_missing(factory, tmp_path, capsys):
+    """In-process evaluation installs nothing: a submission needing an absent package is an error row
+    naming it (its code never runs); the other submissions run."""
+    factory.make()
+    factory.make("team11_Needs", team_id="11", manifest_extra={"requirements": ["esr-eval-fixture-absent-pkg>=1"]},
+                 model_source={"prelude": "import esr_eval_fixture_absent_pkg\n"})
+    args = ["evaluate", "--root", str(factory.root), "--manifests", str(factory.manifests),
+            "--results", str(tmp_path / "results"), "--run-id", "r1", "--repeats", "2", "--no-hygiene"]
+    assert main(args) == 1
+    subs = pd.read_parquet(tmp_path / "results" / "r1" / "submissions").set_index("submission_id")
+    assert subs.loc["team10_Tiny", "status"] == "ok"
+    row = subs.loc["team11_Needs"]
+    assert (row["status"], row["error_stage"]) == ("error", "requirements")
+    assert "this environment lacks esr-eval-fixture-absent-pkg>=1; not run" in row["error"]
+    assert "evaluate_all.py" in row["error"] and pd.isna(row["traceback"])
+    assert "team11_Needs: error" in capsys.readouterr().out
+
+
 def test_import_ntire_then_summary_loads_the_manifests(tmp_path, capsys):
     checkout = REPO_ROOT / "tests" / "fixtures" / "ntire_repo"
     out = tmp_path / "manifests"

@@ -105,3 +105,23 @@ def test_ssim_is_opt_in(split):
     (split_row,) = result.splits
     assert split_row.ssim is not None and 0 < split_row.ssim < 1 and split_row.ssim_y is not None
     assert all(s.ssim is not None for s in result.samples if s.repeat == 0)
+
+
+MARKER = "ESR_EVAL_NEEDS_RAN"
+
+
+@pytest.mark.parametrize("how", ["declared", "detected", "python"])
+def test_a_submission_this_run_cannot_measure_is_skipped_not_run(factory, split, tmp_path, monkeypatch, how):
+    """On a CPU run: `needs: {cuda: true}`, an import of a CUDA-only extension (mamba_ssm, read not
+    run), or a Python range this interpreter is outside of give a `skipped` row saying why."""
+    monkeypatch.chdir(tmp_path)
+    prelude = f"open({MARKER!r}, 'w').close()\n" + ("from mamba_ssm import Mamba\n" if how == "detected" else "")
+    extra = {"declared": {"needs": {"cuda": True}}, "detected": {}, "python": {"needs": {"python": "<3.0"}}}[how]
+    sub = parse_manifest(factory.make(model_source={"prelude": prelude}, manifest_extra=extra), factory.root)
+    row = evaluate_submission(sub, [split], FAST, "run-needs").submission
+    assert (row.status, row.error_stage) == ("skipped", "needs")
+    reason = {"declared": "declares `needs: {cuda: true}` and this run has no CUDA device",
+              "detected": "imports the CUDA-only extension mamba_ssm (models/team10_Tiny.py:2",
+              "python": "runs on Python <3.0"}[how]
+    assert row.error.startswith("[team10_Tiny] not measured on this hardware: ") and reason in row.error
+    assert not (tmp_path / MARKER).exists()  # the model file was never imported

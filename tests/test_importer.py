@@ -120,7 +120,7 @@ def test_manifest_fields_read_back(imported, submission_id):
     assert isinstance(manifest["data_range"], float)
     assert manifest["scale"] == 4
     assert manifest.get("adapter", {}).get("pad_to_multiple") == expected["pad"]
-    assert manifest["requirements"] == []
+    assert manifest["requirements"] == (["einops"] if submission_id == "team08_OmniSR" else [])
     assert f"model_id {expected['model_id']}" in manifest["weights"]
 
 

@@ -162,3 +162,15 @@ def test_every_problem_is_reported_at_once(factory):
     assert sorted(fields) == ["checkpoint.strcit", "data_rnage", "scale", "team_id"]
     assert info.value.field_name == fields[0] and str(info.value).count(". Fix: ") == 4
     assert "did you mean 'strict'" in str(info.value) and "did you mean 'data_range'" in str(info.value)
+
+
+def test_needs_are_validated(factory):
+    path = _rewrite(factory.make(), needs={"cuda": True, "min_gpu_memory_gb": 24, "python": ">=3.10,<3.14"})
+    needs = parse_manifest(path, factory.root).needs
+    assert (needs.cuda, needs.min_gpu_memory_gb, needs.python) == (True, 24.0, ">=3.10,<3.14")
+    assert parse_manifest(_rewrite(path, needs=None), factory.root).needs.cuda is False
+    _rewrite(path, needs={"cuda": "yes", "python": "three", "gpu": 1})
+    with pytest.raises(SubmissionError) as info:
+        parse_manifest(path, factory.root)
+    assert sorted(p.field for p in info.value.problems) == ["needs.cuda", "needs.gpu", "needs.python"]
+    assert "is not a version range, got 'three'" in str(info.value)

@@ -352,3 +352,17 @@ def test_rankings_for_reuses_rankings_made_by_the_same_rules(synthetic_run: Path
     assert rules_sha256(protocol) == rules_sha256(dataclasses.replace(protocol, source_path="elsewhere.yaml"))
     for other in (protocol.with_resamples(31), protocol.with_baseline("team00_RLFN"), load_protocol("ntire2025")):
         assert rules_sha256(other) != rules_sha256(protocol) and stored_rankings(tables, other) is None
+
+
+def test_a_skipped_submission_is_listed_as_not_measured_on_this_hardware(synthetic_run: Path) -> None:
+    tables = read_run(synthetic_run)
+    subs = tables.submissions.copy()
+    entry = subs.index[subs["submission_id"] == subs["submission_id"].iloc[5]][0]
+    sid = subs.at[entry, "submission_id"]
+    subs.loc[entry, ["status", "error"]] = ["skipped", f"[{sid}] not measured on this hardware: it imports the "
+                                                       "CUDA-only extension mamba_ssm and this run has no CUDA device"]
+    protocol = load_protocol("ntire2024").with_resamples(20)
+    rankings = rank(metrics_table(dataclasses.replace(tables, submissions=subs), protocol), protocol)
+    row = rankings.set_index("submission_id").loc[sid]
+    assert pd.isna(row["rank_main"])
+    assert row["excluded_reason"].startswith(f"status skipped: [{sid}] not measured on this hardware: it imports")

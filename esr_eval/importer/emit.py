@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from esr_eval.importer.report import TranslatedBranch
 from esr_eval.importer.values import Untranslatable
 from esr_eval.manifest import CheckpointSpec, ManifestDocument
+from esr_eval.requirements import declared_requirements, import_sites
 from esr_eval.validation import problems
 
 SCALE = 4
@@ -77,7 +78,9 @@ def manifest_document(*, model_id: int, line: int, source: str, name: str, model
     if pad_to_multiple is not None:
         fields["adapter"] = {"pad_to_multiple": pad_to_multiple}
     origin = f"{source}, model_id {model_id} (line {line})"
-    fields.update(requirements=[], weights=(
+    model_path = checkout / model_file
+    requirements = declared_requirements(import_sites(model_path, checkout)) if model_path.is_file() else ()
+    fields.update(requirements=list(requirements), weights=(
         f"checkpoint as loaded by {origin}; imported by esr-eval import-ntire"
         if checkpoint is not None
         else f"no checkpoint is loaded by {origin}; imported by esr-eval import-ntire"))
