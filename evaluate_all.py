@@ -5,10 +5,14 @@ which connects to the running cluster (a head started by ``ray up`` is recognise
 ``~/ray_bootstrap_config.yaml``; a GPU run waits for the GPUs that file declares). Locally:
 ``python evaluate_all.py`` starts its own private Ray instance (never one it merely finds on the
 machine; ``--address`` or ``RAY_ADDRESS`` join another); with no arguments it evaluates the
-shipped submissions on the embedded split on CPU. Mistakes in the command line end with one
-``error:`` line naming the fix and exit status 2, before any run folder is created.
-Results stream into ``<root>/results/<run_id>/`` (Parquet); re-running with the same
-``--run-id`` resumes. See README, "Running on a cluster".
+shipped submissions on the embedded split on CPU. Mistakes in the command line (unknown id,
+timing protocol or rules, rules whose splits the run will not have, a missing data folder,
+``--split`` without ``--data``, an unknown ``--device``) end with one ``error:`` line naming the fix
+and exit status 2, before Ray starts and before any run folder is created.
+Results stream into ``./results/<run_id>/`` of the working folder (Parquet; ``--results`` moves
+them); re-running with the same ``--run-id`` resumes. The closing ranking (``--rank``, default
+``auto``: the rules that fit the run's splits, :func:`esr_eval.ranking.fitting_rules`) is the
+run's own: it writes ``rankings/`` and the report. See README, "Running on a cluster".
 
 The options it shares with ``esr-eval evaluate`` (the submissions, ``--root``, ``--manifests``,
 the measurement, ``--baseline``) and their defaults are declared in :mod:`esr_eval.cli`; this
@@ -24,9 +28,13 @@ import sys
 from pathlib import Path
 
 from esr_eval.cli import (
+    UsageError,
     add_baseline_arg,
     add_run_args,
     add_submission_args,
+    add_version_arg,
+    check_data_options,
+    check_rules_fit,
     parse,
     prepare_run,
     print_rankings,
@@ -34,16 +42,19 @@ from esr_eval.cli import (
     ranking_protocol,
 )
 
+DEVICE_PLANS = ("auto", "cuda", "cpu")
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The shared options from :mod:`esr_eval.cli`, then this script's own."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_version_arg(parser)
     add_submission_args(parser)
     add_run_args(parser)
     add_baseline_arg(parser)
-    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
+    parser.add_argument("--device", default="auto",
                         help="auto: a GPU run when the cluster has or declares GPUs (--min-gpus), else CPU; "
-                             "cuda: a GPU run; cpu: time on CPUs even where GPUs exist")
+                             "cuda: a GPU run (one GPU per actor); cpu: time on CPUs even where GPUs exist")
     parser.add_argument("--address", default=None,
                         help="Ray address to join; default: RAY_ADDRESS, else this cluster if this is a head "
                              "started by `ray up` (what `ray submit` runs on), else a private local instance")
@@ -63,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpu-model", default=None, help="pin a GPU model (Ray accelerator_type, e.g. A100)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--rank", default="auto",
-                        help="ranking protocol for the closing ranking and report (default auto: demo for the "
-                             "embedded split, else ntire2026); 'none' skips them")
+                        help="ranking rules for the closing ranking and report (default auto: demo for the "
+                             "embedded split, else the latest challenge rules whose valid and test splits the run "
+                             "has, else demo on the run's splits, saying so); 'none' skips them")
     return parser
 
 
@@ -72,20 +84,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parse(build_parser(), argv)
 
 
-class UsageError(ValueError):
-    """A mistake in the command line, found before anything is measured or written."""
-
-
 def check_usage(args: argparse.Namespace) -> None:
     """Refuse mistakes that need no Ray and no model: each message names the fix."""
     from esr_eval.protocols import load_protocol
 
-    if args.split and args.data is None:
-        raise UsageError(f"--split {args.split[0]} needs --data DIR (the folder holding {args.split[0]}_HR/ and "
-                         f"{args.split[0]}_LR/). Fix: add --data DIR, or drop --split to run the embedded split")
-    if args.data is not None and not args.data.is_dir():
-        raise UsageError(f"--data {args.data}: no such folder. Fix: pass the folder that holds <split>_HR/ and "
-                         "<split>_LR/ (on a cluster, the path on the nodes, e.g. /home/ubuntu/esr-eval-data)")
+    if args.device not in DEVICE_PLANS:
+        raise UsageError(f"--device {args.device}: not a device plan of evaluate_all.py. Fix: pass auto, cuda or cpu "
+                         "(each actor gets a GPU of its own; `esr-eval evaluate` takes cuda:N)")
+    check_data_options(args)
     if args.rank not in ("auto", "none"):
         load_protocol(args.rank)
     for name, value in (("--min-gpus", args.min_gpus), ("--max-attempts", args.max_attempts),
@@ -117,8 +123,8 @@ def rank_and_report(run_dir: Path, protocol_name: str, baseline: str | None = No
     from esr_eval.ranking import rank_run
     from esr_eval.report import write_report
 
-    protocol = ranking_protocol(run_dir, protocol_name, baseline=baseline)
     print()
+    protocol = ranking_protocol(run_dir, protocol_name, baseline=baseline)  # auto: prints what could not apply
     print_rankings(rank_run(run_dir, protocol), protocol)
     paths = write_report(run_dir, protocol)
     print(f"\nrankings: {run_dir / 'rankings'}\nreport: {paths.html} (and {paths.markdown.name})")
@@ -131,12 +137,17 @@ def measure(args: argparse.Namespace) -> tuple[Path, dict]:
     from esr_eval.data import recheck_splits
     from esr_eval.driver import DriverOptions, run_distributed
     from esr_eval.nodes import apply_ray_env, choose_address, connect
+    from esr_eval.protocols import load_protocol
     from esr_eval.provenance import run_metadata
     from esr_eval.run import RunFolder, new_run_id
     from esr_eval.scheduling import expected_seconds
 
     check_usage(args)
     subs, errors, splits, config = prepare_run(args)
+    if args.rank not in ("auto", "none"):
+        check_rules_fit(load_protocol(args.rank), [split.name for split in splits], f"--rank {args.rank}",
+                        "--rank auto, or --rank none and rank later with `esr-eval rank RUN --rules "
+                        f"{args.rank} --valid-split NAME --test-split NAME`")
     folder = RunFolder.open(args.results, args.run_id or new_run_id())
     try:
         apply_ray_env()
@@ -172,7 +183,7 @@ def measure(args: argparse.Namespace) -> tuple[Path, dict]:
 def main(argv: list[str] | None = None) -> int:
     from esr_eval.driver import HomogeneityError
     from esr_eval.manifest import SubmissionError
-    from esr_eval.nodes import GpuWaitError
+    from esr_eval.nodes import GpuWaitError, rsync_down_lines
     from esr_eval.run import RunLockedError
 
     args = parse_args(argv)
@@ -191,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: no ranking written: {exc}\n(the measurements are complete in {run_dir}; "
                   f"rank them with `esr-eval rank {run_dir}` and the fix above)", file=sys.stderr)
             ranked = False
+    closing = rsync_down_lines(run_dir)  # on a cluster head: how to copy the run before `ray down`
+    if closing:
+        print("\n" + "\n".join(closing))
     return 0 if ranked and all(s in ("ok", "skipped") for s in statuses.values()) else 1
 
 

@@ -4,10 +4,14 @@ Contract
 - ``render_html(html_path, png_path, window_px=(1400, 2000)) -> Path`` runs Chromium headless
   (no network, no GPU, a throw-away profile) on ``file://html_path`` and writes the screenshot of
   the top ``window_px`` (width, height in CSS pixels) of the page.
-- Command line: ``python benchmarks/render_report.py [--run RUN_DIR] [--protocol NAME|PATH]
+- Command line: ``python benchmarks/render_report.py [--run RUN_DIR] [--rules NAME|PATH]
   [--out PNG] [--height PX]``. Without ``--run`` it writes a synthetic 43-submission run
-  (``esr_eval.synthetic``) into a temporary folder first. The report goes to
-  ``<run>/report/``; the screenshot to ``--out`` (default ``<run>/report/screenshot.png``).
+  (``tests.support.synthetic``) into a temporary folder first. The report goes where
+  ``esr-eval report`` writes it (``esr_eval.report.report_dir``: ``<run>/report/``, or
+  ``<run>/report-<rules>/`` for rules other than those of the run's ``rankings/``); the screenshot
+  to ``--out`` (default ``screenshot.png`` beside the report). ``docs/report-screenshot.png`` is this
+  command's screenshot of the report of a default run (``esr-eval evaluate`` on the shipped zoo,
+  then ``--run <run> --height 3000``).
 Needs ``/usr/bin/chromium`` (Debian: ``apt-get install -y chromium``); fails with that hint otherwise.
 """
 from __future__ import annotations
@@ -52,13 +56,13 @@ def render_html(html_path: str | Path, png_path: str | Path, window_px: tuple[in
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="run folder (default: a fresh synthetic 43-submission run)")
-    parser.add_argument("--protocol", default="auto",
-                        help="protocol name or YAML path (default auto: demo for the embedded split, else ntire2026)")
-    parser.add_argument("--out", type=Path, help="screenshot path (default <run>/report/screenshot.png)")
+    parser.add_argument("--rules", default="auto",
+                        help="ranking rules: name or YAML path (default auto: demo for the embedded split, else ntire2026)")
+    parser.add_argument("--out", type=Path, help="screenshot path (default screenshot.png beside the report)")
     parser.add_argument("--height", type=int, default=2000, help="window height in px (default 2000)")
     args = parser.parse_args(argv)
     run_dir = args.run or write_synthetic_run(Path(tempfile.mkdtemp(prefix="esr-synthetic-")) / "synthetic-43")
-    paths = write_report(run_dir, ranking_protocol(run_dir, args.protocol))
+    paths = write_report(run_dir, ranking_protocol(run_dir, args.rules))
     screenshot = render_html(paths.html, args.out or paths.html.parent / "screenshot.png", (1400, args.height))
     print(f"report: {paths.html}\nscreenshot: {screenshot}")
     return 0

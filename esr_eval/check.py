@@ -181,7 +181,7 @@ class _Checker:
     def __init__(self, sub: Submission, config: EvaluationConfig, timeout_s: float):
         self.sub, self.config, self.timeout_s = sub, config, timeout_s
         self.device = torch.device(config.device)
-        self.split = embedded_split()
+        self.split = embedded_split(scale=self.sub.scale)
         self.decoded = decode_split(self.split)
         self.sandbox: Sandbox | None = None
         self.overheads: list[np.ndarray] = []
@@ -236,10 +236,12 @@ class _Checker:
         info = self.sandbox.request("load")
         spec = self.sub.checkpoint
         params = self.params_before = int(info.get("params_before_forward") or 0)
+        after_load = list(info.get("after_load") or [])
+        ran_after = f"; then ran after_load: {'; '.join(after_load)}" if after_load else ""
         if spec is None:
+            untrained = " as constructed (untrained)" if params and not after_load else ""
             return CheckResult(LOAD, PASS, f"no checkpoint declared; the model holds {params:,} parameters"
-                                           + (" as constructed (untrained)" if params else ""),
-                               numbers={"params": params})
+                                           + untrained + ran_after, numbers={"params": params})
         missing, unexpected = list(info.get("missing_keys") or []), list(info.get("unexpected_keys") or [])
         warnings, fixes = [], []
         if missing or unexpected:
@@ -255,7 +257,7 @@ class _Checker:
                             "redirected to the CPU here")
             fixes.append("leave device placement to the evaluator (no .cuda() in __init__)")
         facts = (f"{spec.path} (sha256 {str(info.get('checkpoint_sha256'))[:12]}…) loaded into "
-                 f"{params:,} parameters")
+                 f"{params:,} parameters{ran_after}")
         if warnings:
             return CheckResult(LOAD, WARN, facts + "; " + "; ".join(warnings), "; ".join(fixes),
                                numbers={"params": params})

@@ -2,20 +2,34 @@
 
 Each subcommand is a thin layer over one library stage; a submission that fails is reported
 as a row with its error, never a crash of the whole command. Exit status is 0 when every
-selected submission succeeded, 1 otherwise, 2 for usage errors.
+selected submission succeeded, 1 otherwise, 2 for usage errors: one ``error:`` line naming the
+fix (:class:`UsageError`, and the errors of the stages that read the inputs), printed before any
+run folder exists (:func:`check_options`: ``--device``, ``--data``/``--split``; then the ids, the
+splits and the timing protocol, all read before ``evaluate`` opens its run folder).
+
+Option names: ``--timing`` is the timing protocol (evaluate, evaluate_all.py), ``--rules`` the
+ranking rules (rank, report; ``--rank`` in evaluate_all.py); ``--protocol``, which meant either,
+is kept for one release as an alias that warns on one line. ``--version`` prints esr-eval's version
+from the package metadata. ``--rules auto`` picks the rules that fit the run's splits
+(:func:`esr_eval.ranking.fitting_rules`, its note printed); named rules that read a split the run
+lacks are refused. ``rank`` never replaces a ``rankings/`` made under other rules unless
+``--replace``: another rules' view of a run is its report (written beside the run's own).
 
 The options that ``evaluate_all.py`` (the Ray entry point) shares with these commands are
 declared here once, each with one default: the submission selection and its folders
 (:func:`add_submission_args`), the measurement (:func:`add_run_args`) and the ranking's
 baseline (:func:`add_baseline_arg`); :func:`parse` fills in the defaults that depend on
-``--root`` (:func:`default_root`), for every command and for ``evaluate_all.py`` alike.
+``--root`` (:func:`default_root`), for every command and for ``evaluate_all.py`` alike. Results
+go to ``./results`` of the working folder unless ``--results`` says otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from esr_eval.manifest import Submission, SubmissionError, discover_all, printable, select
@@ -24,6 +38,76 @@ from esr_eval.settings import DEFAULT_MEMORY_LIMIT_MB
 LS_MAX_CELL = 60      # `esr-eval ls`: characters per table cell (longer ones end in '…')
 LS_MAX_ERROR = 1000   # `esr-eval ls`: characters per error message
 ROOT_ENV = "ESR_EVAL_ROOT"  # a default submissions root (see default_root)
+RESULTS_DEFAULT = Path("results")  # the results root when --results is not given: ./results of the working folder
+DEVICES = "cpu, cuda or cuda:N (N: a GPU index, e.g. cuda:0)"
+
+
+class UsageError(ValueError):
+    """A mistake in the command line, found before anything is measured or written; its message names the fix."""
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old option spelling kept for one release: stores into the new option's ``dest`` and warns on one line."""
+
+    def __init__(self, option_strings, dest, new_option: str, **kwargs):
+        self.new_option = new_option
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS,
+                         help=f"deprecated spelling of {new_option} (removed in the next release)", **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"warning: {option_string} is deprecated and will be removed in the next release; "
+              f"write {self.new_option} {values}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def esr_eval_version() -> str:
+    """esr-eval's version, from the installed package's metadata."""
+    try:
+        return metadata.version("esr-eval")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed as a package; pip install -e . records it)"
+
+
+def add_version_arg(parser: argparse.ArgumentParser) -> None:
+    """``--version``: esr-eval's version (`esr-eval`, evaluate_all.py)."""
+    parser.add_argument("--version", action="version", version=f"esr-eval {esr_eval_version()}")
+
+
+def check_device(device: str) -> None:
+    """Refuse a device esr-eval does not run on, and a CUDA device torch cannot see, naming the fix."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise UsageError(f"--device {device}: not a device esr-eval runs on. Fix: pass {DEVICES}")
+    if device == "cpu":
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.partition(":")[2] or 0)
+    if not count:
+        build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise UsageError(f"--device {device}: torch {torch.__version__} ({build}) sees no CUDA device here. Fix: "
+                         "pass --device cpu, or run where a GPU is visible with a CUDA build of torch")
+    if index >= count:
+        raise UsageError(f"--device {device}: torch sees {count} CUDA device(s) here, cuda:0 to cuda:{count - 1}. "
+                         "Fix: pass one of those")
+
+
+def check_data_options(args: argparse.Namespace) -> None:
+    """``--split`` needs ``--data``, and ``--data`` must be a folder (`esr-eval evaluate`, evaluate_all.py)."""
+    if args.split and args.data is None:
+        raise UsageError(f"--split {args.split[0]} needs --data DIR (the folder holding {args.split[0]}_HR/ and "
+                         f"{args.split[0]}_LR/). Fix: add --data DIR, or drop --split to run the embedded split")
+    if args.data is not None and not args.data.is_dir():
+        raise UsageError(f"--data {args.data}: no such folder. Fix: pass the folder that holds <split>_HR/ and "
+                         "<split>_LR/ (on a cluster, the path on the nodes, e.g. /home/ubuntu/esr-eval-data)")
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """The mistakes an `esr-eval` command line can hold before any submission is read (module doc)."""
+    if "device" in args:
+        check_device(args.device)
+    if "data" in args:
+        check_data_options(args)
 
 
 def default_root() -> Path:
@@ -48,13 +132,13 @@ def add_submission_args(parser: argparse.ArgumentParser, *, ids: bool = True) ->
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Parse ``argv``, then fill in the defaults that depend on the root: ``--root``
-    (:func:`default_root`), ``--manifests`` (``<root>/model_zoo``), ``--results`` (``<root>/results``)."""
+    (:func:`default_root`), ``--manifests`` (``<root>/model_zoo``); ``--results`` is ``./results``."""
     args = parser.parse_args(argv)
     if "root" in args:
         args.root = default_root() if args.root is None else args.root
         args.manifests = args.root / "model_zoo" if args.manifests is None else args.manifests
     if "results" in args and args.results is None:
-        args.results = args.root / "results"
+        args.results = RESULTS_DEFAULT
     return args
 
 
@@ -105,37 +189,13 @@ def _print_errors(errors) -> None:
 
 
 def cmd_summary(args) -> int:
-    from esr_eval.complexity import measure_complexity
-    from esr_eval.loading import load_submission
+    from esr_eval.summary import check_summary_args, summarize, write_summary
 
+    check_summary_args(args.format, args.out, args.jobs, args.timeout)
     subs, manifest_errors = selected_submissions(args)
-    rows = [[e.submission_id, "ERROR"] + [""] * 6 for e in manifest_errors]
-    errors = [str(e) for e in manifest_errors]
-    for sub in subs:
-        try:
-            loaded = load_submission(sub, args.device)
-            c = measure_complexity(loaded.model, args.input, sub.data_range, args.device)
-        except SubmissionError as exc:
-            errors.append(str(exc))
-            rows.append([sub.submission_id, "ERROR"] + [""] * 6)
-            continue
-        rows.append([
-            sub.submission_id,
-            f"{c.params:,}"
-            + ("" if c.params == c.params_before_forward else f" (before: {c.params_before_forward:,})"),
-            f"{c.flops_fvcore:,}",
-            f"{c.flops_hook_2022:,}",
-            f"{c.flops_audit:,}" + (" FLAG" if c.audit_flag else ""),
-            f"{c.activations:,}",
-            str(c.num_conv),
-            c.audit_text(),
-        ])
-    print(f"complexity on input {'x'.join(map(str, args.input))} (FLOPs are MAC counts, as the official tools)")
-    _print_table(["submission", "params", "flops_fvcore", "flops_hook_2022", "flops_audit",
-                  "activations", "num_conv", "audit"], rows)
-    for message in errors:
-        print(f"\nerror: {message}", file=sys.stderr)
-    return 1 if errors else 0
+    rows = summarize(subs, manifest_errors, input_shape=args.input, device=args.device, jobs=args.jobs,
+                     timeout_s=args.timeout)
+    return write_summary(rows, args.format, args.out, show_output=args.show_output, input_shape=args.input)
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
@@ -146,10 +206,21 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", action="append", default=None,
                         help="split name under --data, e.g. DIV2K_LSDIR_valid (repeatable; default: all found)")
     parser.add_argument("--pair", nargs=3, action="append", metavar=("NAME", "HR_DIR", "LR_DIR"),
-                        help="a plain HR/LR folder pair as a split (repeatable)")
-    parser.add_argument("--protocol", default="esr-default", help="timing protocol: esr-default or official")
-    parser.add_argument("--repeats", type=int, default=None, help="override the protocol's timed repeats")
-    parser.add_argument("--warmup", type=int, default=None, help="override the protocol's warm-up passes")
+                        help="a plain HR/LR folder pair as a split (repeatable): files pair by the stem their names "
+                             "share without the usual markers (_HR/_LR, x4, _SRF_4, LRBI_x4, _bicubic), e.g. "
+                             "img_001_SRF_4_HR.png with img_001_SRF_4_LR.png, baby.png with babyx4.png; "
+                             "the scale is read from the image sizes")
+    parser.add_argument("--hr-glob", default=None, metavar="PATTERN",
+                        help="--pair: the HR files are those whose names match PATTERN, and its one * is the stem "
+                             "they share with their LR file, e.g. '*_HR.png' (default: the markers above)")
+    parser.add_argument("--lr-glob", default=None, metavar="PATTERN",
+                        help="--pair: the LR files are those whose names match PATTERN, and its one * is the stem "
+                             "they share with their HR file, e.g. '*_LR.png' (default: the markers above)")
+    parser.add_argument("--timing", default="esr-default",
+                        help="timing protocol: esr-default (default) or official (see README, Timing protocols)")
+    parser.add_argument("--protocol", dest="timing", action=DeprecatedAlias, new_option="--timing")
+    parser.add_argument("--repeats", type=int, default=None, help="override the timing protocol's timed repeats")
+    parser.add_argument("--warmup", type=int, default=None, help="override the timing protocol's warm-up passes")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (fixed and recorded)")
     parser.add_argument("--no-hygiene", action="store_true", help="skip the hygiene checks")
     parser.add_argument("--memory-limit-mb", type=int, default=DEFAULT_MEMORY_LIMIT_MB,
@@ -160,7 +231,8 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
                              "driver that needs other files; recorded in every row's `sandbox` column)")
     parser.add_argument("--ssim", action="store_true",
                         help="also compute SSIM and SSIM-Y (off by default, as in the official script)")
-    parser.add_argument("--results", type=Path, default=None, help="results root (default: <root>/results)")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="results root, one folder per run (default: ./results of the working folder)")
     parser.add_argument("--run-id", default=None, help="run id; an existing one is resumed")
 
 
@@ -175,13 +247,17 @@ def print_run_summary(run_dir: Path) -> None:
 
 def prepare_run(args):
     """(submissions, manifest errors, splits, evaluation config) of a run, all validated before any model runs."""
-    from esr_eval.data import resolve_splits
+    from esr_eval.data import resolve_splits, scale_gap
     from esr_eval.evaluate import EvaluationConfig
     from esr_eval.timing import get_protocol
 
     subs, manifest_errors = selected_submissions(args)
-    splits = resolve_splits(args.data, args.split, args.pair)
-    protocol = get_protocol(args.protocol, args.repeats, args.warmup)
+    splits = resolve_splits(args.data, args.split, args.pair, {sub.scale for sub in subs}, args.hr_glob, args.lr_glob)
+    gaps = {sub.submission_id: scale_gap(sub.scale, splits, args.data, args.pair) for sub in subs}
+    manifest_errors = manifest_errors + [SubmissionError(sub.submission_id, f"scale {sub.scale}", *gaps[sub.submission_id])
+                                         for sub in subs if gaps[sub.submission_id]]
+    subs = [sub for sub in subs if not gaps[sub.submission_id]]
+    protocol = get_protocol(args.timing, args.repeats, args.warmup)
     config = EvaluationConfig(protocol=protocol, device=args.device, torch_threads=args.threads,
                               hygiene=not args.no_hygiene, ssim=args.ssim,
                               memory_limit_mb=args.memory_limit_mb or None, landlock=not args.no_landlock)
@@ -224,8 +300,10 @@ def cmd_evaluate(args) -> int:
         folder.write_run_json({**meta, "splits_verified_at_end": split_check})
         closing = folder.closing_lines(split_check)
         failed += any(line.startswith("WARNING") for line in closing)  # split changed, or folder tampered
-    finally:
-        folder.unlock()
+    except BaseException:
+        folder.close(discard_if_empty=True)  # a run that failed before its first row leaves no folder
+        raise
+    folder.close()
     print_run_summary(folder.path)
     print("\n" + "\n".join(closing))
     return 1 if failed else 0
@@ -243,18 +321,23 @@ def cmd_import_ntire(args) -> int:
 def ranking_protocol(run_dir: Path, name: str = "auto", valid_split: str | None = None,
                      test_split: str | None = None, resamples: int | None = None, *,
                      baseline: str | None = None, accept_baseline_mismatch: bool = False):
-    """The protocol asked for; ``auto`` = demo for the embedded split, else the latest NTIRE rules.
+    """The ranking rules asked for; ``auto``: the rules that fit the run's splits
+    (:func:`esr_eval.ranking.fitting_rules`), printing its note (what could not apply) on one line.
 
     ``baseline`` names the baseline submission explicitly (else the protocol's identity finds it);
     it is still verified against the published figures unless ``accept_baseline_mismatch``.
     """
     from esr_eval.protocols import load_protocol
+    from esr_eval.ranking import fitting_rules
     from esr_eval.records import read_table
 
     if name == "auto":
-        splits = set(read_table(run_dir, "splits")["split"])
-        name = "demo" if splits <= {"embedded"} else "ntire2026"
-    protocol = load_protocol(name)
+        choice = fitting_rules(read_table(run_dir, "splits")["split"], read_table(run_dir, "submissions"))
+        if choice.note:
+            print(f"rules auto: {choice.note}", flush=True)
+        protocol = choice.protocol
+    else:
+        protocol = load_protocol(name)
     if valid_split or test_split:
         protocol = protocol.with_splits(valid=valid_split, test=test_split)
     if resamples:
@@ -266,9 +349,42 @@ def ranking_protocol(run_dir: Path, name: str = "auto", valid_split: str | None 
     return protocol
 
 
+def check_rules_fit(protocol, split_names, option: str, fix: str) -> None:
+    """Refuse rules that read a split the run does not have: they would rank nobody. A run with no
+    split rows (nothing measured) passes: its rows are ranked as what they are, failures."""
+    present = [str(name) for name in dict.fromkeys(split_names)]
+    absent = [f"{split} ({role})" for role, split in protocol.splits if split not in present]
+    if present and absent:
+        raise UsageError(f"{option} ranks splits {', '.join(absent)}, which this run does not have (it has "
+                         f"{', '.join(present)}), so nobody would be ranked. Fix: {fix}")
+
+
 def _ranking_protocol(args):
-    return ranking_protocol(args.run, args.protocol, args.valid_split, args.test_split, args.resamples,
-                            baseline=args.baseline, accept_baseline_mismatch=args.accept_baseline_mismatch)
+    from esr_eval.records import read_table
+
+    protocol = ranking_protocol(args.run, args.rules, args.valid_split, args.test_split, args.resamples,
+                                baseline=args.baseline, accept_baseline_mismatch=args.accept_baseline_mismatch)
+    if args.rules != "auto":
+        check_rules_fit(protocol, read_table(args.run, "splits")["split"], f"--rules {args.rules}",
+                        "name the run's splits that stand for them with --valid-split NAME --test-split NAME, "
+                        "or use --rules auto")
+    return protocol
+
+
+def _check_rankings_kept(run: Path, protocol, rules: str) -> None:
+    """Refuse to replace a ``rankings/`` made under other rules (``rank --replace`` does)."""
+    from esr_eval.records import read_rankings
+
+    stored = read_rankings(run)
+    if stored is None:
+        return
+    held = stored.metadata.get("esr_eval.protocol") or (str(stored.table["protocol"].iloc[0]) if len(stored.table)
+                                                        else None)
+    if held is not None and held != protocol.name:
+        raise UsageError(f"{run / 'rankings'} holds this run's {held} ranking; ranking under {protocol.name} would "
+                         f"replace it. Fix: `esr-eval report {run} --rules {rules}` writes a report under "
+                         f"{protocol.name} beside the run's own and leaves rankings/ as it is; or add --replace to "
+                         f"make {protocol.name} the run's ranking")
 
 
 def print_rankings(rankings, protocol) -> None:
@@ -289,6 +405,8 @@ def cmd_rank(args) -> int:
     if integrity.banner():
         print(f"WARNING: {integrity.banner()}", file=sys.stderr)
     protocol = _ranking_protocol(args)
+    if not args.replace:
+        _check_rankings_kept(args.run, protocol, args.rules)
     rankings = rank_run(args.run, protocol)
     print_rankings(rankings, protocol)
     print(f"\nbaseline: {baseline_summary(rankings)}")
@@ -319,14 +437,16 @@ def add_baseline_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_device_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--device", default="cpu", help=f"{DEVICES} (default cpu)")
 
 
 def _add_ranking_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", type=Path, help="run folder, e.g. results/<run_id>")
-    parser.add_argument("--protocol", default="auto",
-                        help="ntire2022|ntire2024|ntire2025|ntire2026|demo or a YAML path "
-                             "(default auto: demo for the embedded split, else ntire2026)")
+    parser.add_argument("--rules", default="auto",
+                        help="ranking rules: ntire2022|ntire2024|ntire2025|ntire2026|demo or a YAML path (default "
+                             "auto: demo for the embedded split, else the latest challenge rules whose valid and "
+                             "test splits the run has, else demo on the run's splits, saying so)")
+    parser.add_argument("--protocol", dest="rules", action=DeprecatedAlias, new_option="--rules")
     parser.add_argument("--valid-split", default=None, help="run split that stands for 'valid'")
     parser.add_argument("--test-split", default=None, help="run split that stands for 'test'")
     parser.add_argument("--resamples", type=int, default=None, help="bootstrap resamples for the intervals")
@@ -347,6 +467,7 @@ def cmd_check(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="esr-eval", description=__doc__.splitlines()[0])
+    add_version_arg(parser)
     commands = parser.add_subparsers(dest="command", required=True)
 
     ls = commands.add_parser("ls", help="list the discovered submissions")
@@ -358,6 +479,17 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--input", type=_parse_shape, default=(1, 3, 256, 256),
                          help="input shape NxCxHxW (default 1x3x256x256)")
     _add_device_arg(summary)
+    summary.add_argument("--jobs", type=int, default=None,
+                         help="submissions measured at once, each in its own sandbox process (default: one per CPU)")
+    summary.add_argument("--format", default="table", choices=["table", "csv", "json", "parquet"],
+                         help="table (default), csv, json (to stdout, or --out) or parquet (needs --out)")
+    summary.add_argument("--out", type=Path, default=None, help="write the summary to this file (default: stdout)")
+    summary.add_argument("--show-output", action="store_true",
+                         help="print what each submission's code wrote (print, warnings, C-level output) under "
+                              "the table; it is always kept in the csv/json/parquet `output` column")
+    summary.add_argument("--timeout", type=float, default=None,
+                         help="seconds a submission's process may take to answer one request (its load, its counts; "
+                              "default: esr_eval.summary.DEFAULT_TIMEOUT_S); past it the submission is an error row")
     summary.set_defaults(func=cmd_summary)
 
     evaluate = commands.add_parser("evaluate", help="evaluate submissions in this process on one device")
@@ -388,11 +520,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     rank = commands.add_parser("rank", help="rank a run under a challenge's rules (writes <run>/rankings)")
     _add_ranking_args(rank)
+    rank.add_argument("--replace", action="store_true",
+                      help="replace <run>/rankings even when it holds a ranking under other rules (refused "
+                           "without it; `esr-eval report --rules` shows other rules beside the run's own)")
     rank.set_defaults(func=cmd_rank)
 
     report = commands.add_parser("report", help="HTML + Markdown report of a run")
     _add_ranking_args(report)
-    report.add_argument("--out", type=Path, default=None, help="output folder (default <run>/report)")
+    report.add_argument("--out", type=Path, default=None,
+                        help="output folder (default <run>/report; <run>/report-<rules> when <run>/rankings "
+                             "holds other rules)")
     report.set_defaults(func=cmd_report)
     return parser
 
@@ -400,6 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
     try:
+        check_options(args)
         return args.func(args)
     except (SubmissionError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

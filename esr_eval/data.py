@@ -9,20 +9,33 @@ Contract
 - ``load_pair`` returns (lr, hr) with hr mod-cropped to a multiple of the scale and checks that the
   LR size is exactly the cropped HR size divided by the scale.
 - Every problem with the data on disk raises ``SplitError`` naming the file(s) and the fix.
-- ``embedded_split`` builds a small default split from photographs shipped inside scikit-image,
-  cached on disk and created atomically, so a fresh install can run end to end without data.
-- ``resolve_splits`` is what a run evaluates (given folders, or the embedded split), every file
-  decoded once before any model runs; ``recheck_splits`` re-hashes them at the end of a run.
+- Scales: a split is at one scale; one source of images gives one split per scale, named by
+  ``scaled_name`` (``NAME`` at x4, ``NAME_x2`` at x2). The official layout keeps each scale's LR
+  images in ``<split>_LR/X{scale}/NAMEx{scale}.png`` (x4 also flat ``<split>_LR/NAMEx4.png``).
+- ``folder_split`` (``--pair``) pairs two plain folders by the stem the names share once the usual
+  markers are removed (``common_stem``: ``_HR``/``_LR``, ``x4``, ``_SRF_4``, ``LRBI_x4``,
+  ``_bicubic``), or by ``--hr-glob``/``--lr-glob``; a clash or a file without partner is an error
+  naming the file and the rule; the scale is read from the image sizes.
+- ``embedded_split`` builds a small default split at any scale from photographs shipped inside
+  scikit-image, cached on disk and created atomically, so a fresh install can run end to end
+  without data.
+- ``resolve_splits`` is what a run evaluates at the scales of its submissions (given folders, or
+  the embedded split), every file decoded once before any model runs; ``scale_gap`` says why a
+  submission has no split of its scale; ``recheck_splits`` re-hashes them at the end of a run.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import math
 import os
+import re
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -44,9 +57,13 @@ EMBEDDED_SCALE = 4
 EMBEDDED_HR_SIZE_PX = 256
 EMBEDDED_CACHE_SUBDIR = "embedded-v1"
 CACHE_ENV_VAR = "ESR_EVAL_CACHE"
+MAX_LISTED = 8  # file names a pairing error lists before "... and N more"
+MAX_SCALE = 8  # largest scale read from a --pair folder's image sizes
 
 _CUBIC_SUPPORT_PX = 4.0
 _DECODABLE_PIL_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA"})
+_SCALE_FOLDER = re.compile(r"[xX]([1-9][0-9]*)")
+_SEP = r"[_\-. ]"
 
 
 class SplitError(ValueError):
@@ -221,6 +238,17 @@ def validate_split(split: Split) -> None:
 # --- split discovery -----------------------------------------------------------------------
 
 
+def scaled_name(base: str, scale: int) -> str:
+    """A split's name at ``scale``: ``base`` at x4 (the challenge's scale), ``base_x{scale}`` otherwise."""
+    return base if scale == EMBEDDED_SCALE else f"{base}_x{scale}"
+
+
+def _bounded(lines: list[str]) -> str:
+    """The first ``MAX_LISTED`` lines, indented, then how many more there are."""
+    more = len(lines) - MAX_LISTED
+    return "\n  ".join(lines[:MAX_LISTED] + ([f"... and {more} more"] if more > 0 else []))
+
+
 def _png_stems(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise SplitError(f"{folder}: folder not found; check the split root and name")
@@ -234,48 +262,54 @@ def _png_stems(folder: Path) -> dict[str, Path]:
     return stems
 
 
-def _unmatched_error(split_name: str, hr_only: list[str], lr_only: list[str]) -> SplitError:
-    parts = []
-    if hr_only:
-        parts.append(f"HR without LR: {', '.join(sorted(hr_only))}")
-    if lr_only:
-        parts.append(f"LR without HR: {', '.join(sorted(lr_only))}")
+def _unmatched_error(split_name: str, hr_only: list[str], lr_only: list[str], scale: int) -> SplitError:
+    parts = [f"{len(names)} {what}: {', '.join(sorted(names)[:MAX_LISTED])}" + (" ..." if len(names) > MAX_LISTED else "")
+             for what, names in (("HR without LR", hr_only), ("LR without HR", lr_only)) if names]
+    place = f"<split>_LR/X{scale}/NAMEx{scale}.png" + (" (or <split>_LR/NAMEx4.png)" if scale == EMBEDDED_SCALE else "")
     return SplitError(
-        f"split {split_name!r}: unmatched images ({'; '.join(parts)}); every HR image needs "
-        f"exactly one LR image and vice versa"
+        f"split {split_name!r}: unmatched images ({'; '.join(parts)}). Fix: every <split>_HR/NAME.png needs "
+        f"exactly one x{scale} LR image {place} and vice versa (LR images of another scale go in "
+        f"<split>_LR/X2/, X3/, ...)"
     )
 
 
-def folder_split(name: str, hr_dir: Path, lr_dir: Path, scale: int) -> Split:
-    """Pair ``hr_dir/NAME.png`` with ``lr_dir/NAMEx{scale}.png`` or ``lr_dir/NAME.png``."""
-    hr_files = _png_stems(Path(hr_dir))
-    lr_files = _png_stems(Path(lr_dir))
-    pairs, hr_only, ambiguous = [], [], []
-    claimed: set[str] = set()
-    for stem in sorted(hr_files):
-        candidates = [c for c in (f"{stem}x{scale}", stem) if c in lr_files]
-        if len(candidates) == 2:
-            ambiguous.append(stem)
-        elif candidates:
-            claimed.add(candidates[0])
-            pairs.append(ImagePair(stem, hr_files[stem], lr_files[candidates[0]]))
-        else:
-            hr_only.append(stem)
-    if ambiguous:
-        raise SplitError(
-            f"split {name!r}: {lr_dir} holds both NAMEx{scale}.png and NAME.png for "
-            f"{', '.join(ambiguous)}; keep one LR file per image"
-        )
-    lr_only = [stem for stem in lr_files if stem not in claimed]
-    if hr_only or lr_only:
-        raise _unmatched_error(name, hr_only, lr_only)
-    return Split(name=name, scale=scale, pairs=tuple(pairs))
+def lr_folders(root: Path, split: str) -> dict[int, Path]:
+    """scale → the folder of ``split``'s LR images at that scale: ``<split>_LR/X{scale}/`` (``x`` also
+    accepted), and for x4 also ``<split>_LR/`` itself when it holds the images directly."""
+    lr_root = Path(root) / f"{split}_LR"
+    if not lr_root.is_dir():
+        raise SplitError(f"{lr_root}: folder not found; check the split root and name")
+    folders: dict[int, Path] = {}
+    for path in sorted(lr_root.iterdir()):
+        match = _SCALE_FOLDER.fullmatch(path.name)
+        if match and path.is_dir():
+            scale = int(match[1])
+            if scale in folders:
+                raise SplitError(f"{lr_root}: both {folders[scale].name}/ and {path.name}/ hold x{scale} LR images. "
+                                 "Fix: keep one of them")
+            folders[scale] = path
+    if any(path.is_file() and path.suffix.lower() == ".png" for path in lr_root.iterdir()):
+        if EMBEDDED_SCALE in folders:
+            raise SplitError(f"{lr_root}: x4 LR images lie both directly in it and in {folders[EMBEDDED_SCALE].name}/. "
+                             f"Fix: keep one of them")
+        folders[EMBEDDED_SCALE] = lr_root
+    if not folders:
+        raise SplitError(f"{lr_root}: no LR images (neither NAMEx4.png files nor X2/, X3/, X4/ folders). Fix: put "
+                         f"the x4 LR images there as NAMEx4.png, other scales in X2/NAMEx2.png, X3/NAMEx3.png")
+    return folders
 
 
 def official_split(root: Path, split: str, scale: int = 4) -> Split:
-    """The challenge layout: ``root/<split>_HR/NAME.png`` with ``<split>_LR/NAMEx{scale}.png``."""
-    hr_files = _png_stems(Path(root) / f"{split}_HR")
-    lr_files = _png_stems(Path(root) / f"{split}_LR")
+    """The challenge layout: ``root/<split>_HR/NAME.png`` with ``<split>_LR/X{scale}/NAMEx{scale}.png``
+    (x4 also ``<split>_LR/NAMEx4.png``); named :func:`scaled_name` (``split`` itself at x4)."""
+    root = Path(root)
+    hr_files = _png_stems(root / f"{split}_HR")
+    folders = lr_folders(root, split)
+    if scale not in folders:
+        have = ", ".join(f"x{s}" for s in sorted(folders))
+        raise SplitError(f"{root / f'{split}_LR'}: no x{scale} LR images (it has {have}). Fix: put them in "
+                         f"{split}_LR/X{scale}/NAMEx{scale}.png")
+    lr_files = _png_stems(folders[scale])
     suffix = f"x{scale}"
     hr_only = [stem for stem in hr_files if f"{stem}{suffix}" not in lr_files]
     lr_only = [
@@ -284,15 +318,16 @@ def official_split(root: Path, split: str, scale: int = 4) -> Split:
         if not (stem.endswith(suffix) and stem[: -len(suffix)] in hr_files)
     ]
     if hr_only or lr_only:
-        raise _unmatched_error(split, hr_only, lr_only)
+        raise _unmatched_error(scaled_name(split, scale), hr_only, lr_only, scale)
     pairs = tuple(
         ImagePair(stem, hr_files[stem], lr_files[f"{stem}{suffix}"]) for stem in sorted(hr_files)
     )
-    return Split(name=split, scale=scale, pairs=pairs)
+    return Split(name=scaled_name(split, scale), scale=scale, pairs=pairs)
 
 
-def discover_splits(root: Path, scale: int = 4) -> tuple[Split, ...]:
-    """Every ``<split>_HR`` / ``<split>_LR`` folder pair directly under ``root``, sorted by name."""
+def discover_splits(root: Path, scales: Collection[int] | None = None) -> tuple[Split, ...]:
+    """Every ``<split>_HR`` / ``<split>_LR`` folder pair directly under ``root``, at each scale it has
+    (only those in ``scales`` when given), sorted by name then scale."""
     root = Path(root)
     if not root.is_dir():
         raise SplitError(f"{root}: data root not found")
@@ -306,7 +341,163 @@ def discover_splits(root: Path, scale: int = 4) -> tuple[Split, ...]:
         raise SplitError(f"{root}: folders without their HR/LR partner: {', '.join(lonely)}")
     if not hr_names:
         raise SplitError(f"{root}: no <split>_HR / <split>_LR folder pairs found")
-    return tuple(official_split(root, name, scale) for name in sorted(hr_names))
+    return tuple(split for name in sorted(hr_names) for split in _official_splits(root, name, scales))
+
+
+def _official_splits(root: Path, split: str, scales: Collection[int] | None) -> tuple[Split, ...]:
+    _png_stems(root / f"{split}_HR")  # a missing HR folder is named first
+    return tuple(official_split(root, split, scale) for scale in sorted(lr_folders(root, split))
+                 if scales is None or scale in scales)
+
+
+# --- pairing plain folders (--pair) -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Named:
+    """A file of a ``--pair`` folder, the common stem found in its name, and the rule that found it."""
+
+    path: Path
+    stem: str
+    rule: str
+
+
+def _marker_pattern(*tokens: str) -> re.Pattern:
+    """The tokens as separated words: at the start (with the separator after) or after a separator."""
+    body = "|".join(tokens)
+    return re.compile(rf"^(?:{body})(?:{_SEP}|$)|{_SEP}(?:{body})(?={_SEP}|$)", re.IGNORECASE)
+
+
+_MARKERS = {
+    "HR": _marker_pattern(r"HR", r"SRF[_-]?\d+", r"x\d+"),
+    "LR": _marker_pattern(r"LR(?:BI|BD|DN)[_-]?x?\d+", r"LR(?:x?\d+)?", r"SRF[_-]?\d+", r"x\d+", r"bicubic"),
+}
+_LR_ATTACHED_SCALE = re.compile(rf"(?<!{_SEP})(?<=.)x\d+$", re.IGNORECASE)
+
+
+def common_stem(stem: str, side: str) -> tuple[str, tuple[str, ...]]:
+    """(``stem`` without its usual markers, the markers removed, rightmost first) for an ``HR`` or ``LR`` file.
+
+    Both sides drop the separated words ``SRF_4`` and ``x4``/``X4`` (any number); HR files also ``HR``;
+    LR files also ``LR`` (``LR4``, ``LRx4``), ``LRBI_x4`` (``LRBD``, ``LRDN``), ``bicubic``, and then one
+    ``x4`` glued to the end (``babyx4``). Words are separated by ``_ - .`` or a space; case is ignored.
+    """
+    pattern, removed = _MARKERS[side], []
+    while found := [match[0] for match in pattern.finditer(stem)]:
+        removed += reversed(found)
+        stem = pattern.sub("", stem)
+    if side == "LR" and (glued := _LR_ATTACHED_SCALE.search(stem)):
+        removed.append(glued[0])
+        stem = stem[: glued.start()]
+    return stem, tuple(removed)
+
+
+def _glob_parts(glob: str, option: str) -> tuple[str, str]:
+    if glob.count("*") != 1 or any(char in glob for char in "?[]/"):
+        raise SplitError(f"{option} {glob!r}: needs exactly one * (it stands for the stem the HR and LR names share) "
+                         f"and no other wildcard or /. Fix: e.g. {option} '*{'_HR' if option == '--hr-glob' else '_LR'}.png'")
+    prefix, suffix = glob.split("*")
+    return prefix, suffix
+
+
+def _named_files(split_name: str, folder: Path, side: str, glob: str | None) -> dict[str, _Named]:
+    """common stem → the one file of ``folder`` (side ``HR`` or ``LR``) that has it."""
+    option = f"--{side.lower()}-glob"
+    if not folder.is_dir():
+        raise SplitError(f"{folder}: folder not found. Fix: check the {side}_DIR of --pair {split_name}")
+    files = sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
+    named = []
+    if glob is not None:
+        prefix, suffix = _glob_parts(glob, option)
+        rule = f"the * of {option} {glob!r}"
+        named = [_Named(path, path.name[len(prefix): len(path.name) - len(suffix)], rule) for path in files
+                 if path.name.startswith(prefix) and path.name.endswith(suffix)
+                 and len(path.name) > len(prefix) + len(suffix)]
+    else:
+        for path in files:
+            if path.suffix.lower() == ".png":
+                stem, removed = common_stem(path.stem, side)
+                named.append(_Named(path, stem, f"after removing {', '.join(removed)}" if removed
+                                    else "no marker to remove"))
+    if not named:
+        what = f"file matches {option} {glob!r}" if glob is not None else ".png image"
+        raise SplitError(f"{folder}: no {what} found. Fix: check the {side}_DIR of --pair {split_name}"
+                         + (f" and {option}" if glob is not None else ""))
+    by_stem: dict[str, list[_Named]] = {}
+    for entry in named:
+        by_stem.setdefault(entry.stem, []).append(entry)
+    clashes = [f"{', '.join(e.path.name for e in group)} all have stem {stem!r} ({group[0].rule})"
+               for stem, group in sorted(by_stem.items()) if len(group) > 1]
+    if clashes:
+        example = "'*x4.png'" if side == "LR" else "'*_HR.png'"
+        raise SplitError(f"split {split_name!r}: {len(clashes)} stem(s) in {folder} name more than one {side} file:\n  "
+                         f"{_bounded(clashes)}\nFix: keep one {side} file per image there (one scale per LR folder), "
+                         f"or select the files with {option}, e.g. {option} {example}")
+    return {stem: group[0] for stem, group in by_stem.items()}
+
+
+def _unpaired_lines(files: dict[str, _Named], others: dict[str, _Named], other_side: str) -> list[str]:
+    lonely_others = [stem for stem in others if stem not in files]
+    lines = []
+    for stem, entry in sorted(files.items()):
+        if stem not in others:
+            nearest = difflib.get_close_matches(stem, lonely_others, n=1)
+            hint = f"; nearest unpaired {other_side} stem: {nearest[0]!r}" if nearest else ""
+            lines.append(f"{entry.path.name}: stem {stem!r} ({entry.rule}) has no {other_side} file with that stem{hint}")
+    return lines
+
+
+def _infer_scale(name: str, pairs: list[ImagePair]) -> int:
+    """The scale most pairs' image sizes agree on (LR = HR mod-cropped, divided); header reads only."""
+    votes: Counter[int] = Counter()
+    for pair in pairs:
+        hr_wh, lr_wh = _size_px(pair.hr_path), _size_px(pair.lr_path)
+        if hr_wh and lr_wh:
+            votes.update(s for s in range(1, MAX_SCALE + 1) if (hr_wh[0] // s, hr_wh[1] // s) == lr_wh)
+    if not votes:
+        first = pairs[0]
+        sizes = " and ".join(f"{path.name} is {'x'.join(map(str, size)) if size else 'unreadable'}"
+                             for path, size in ((first.hr_path, _size_px(first.hr_path)),
+                                                (first.lr_path, _size_px(first.lr_path))))
+        raise SplitError(f"split {name!r}: no LR image is its HR image divided by a whole scale ({sizes}, WxH). "
+                         f"Fix: pass LR images made by downscaling the HR images by 2, 3 or 4")
+    return min(votes, key=lambda scale: (-votes[scale], scale))
+
+
+def _size_px(path: Path) -> tuple[int, int] | None:
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def folder_split(name: str, hr_dir: Path, lr_dir: Path, scale: int | None = None, *,
+                 hr_glob: str | None = None, lr_glob: str | None = None) -> Split:
+    """Pair the images of two plain folders by the stem their names share (``--pair``).
+
+    The stem is a file's name without the usual markers (:func:`common_stem`): ``img_001_SRF_4_HR.png`` ↔
+    ``img_001_SRF_4_LR.png``, ``baby.png`` ↔ ``babyx4.png``, ``0801.png`` ↔ ``0801x4.png``; or, with
+    ``hr_glob``/``lr_glob`` (one ``*``, matched against file names), the part the ``*`` covers. Two files of a
+    side with one stem, or a file without its partner, raise a :class:`SplitError` that names the files and
+    the rule. ``ImagePair.name`` is the HR file's stem. ``scale`` None: read from the image sizes.
+    """
+    hr_dir, lr_dir = Path(hr_dir), Path(lr_dir)
+    if hr_dir.resolve() == lr_dir.resolve() and (hr_glob is None or lr_glob is None):
+        raise SplitError(f"split {name!r}: HR_DIR and LR_DIR are the same folder ({hr_dir}). Fix: tell its files "
+                         "apart with --hr-glob and --lr-glob, e.g. --hr-glob '*_HR.png' --lr-glob '*_LR.png'")
+    hr_files = _named_files(name, hr_dir, "HR", hr_glob)
+    lr_files = _named_files(name, lr_dir, "LR", lr_glob)
+    unpaired = _unpaired_lines(hr_files, lr_files, "LR") + _unpaired_lines(lr_files, hr_files, "HR")
+    if unpaired:
+        raise SplitError(
+            f"split {name!r}: {len(unpaired)} file(s) without a partner ({len(hr_files)} HR stems in {hr_dir}, "
+            f"{len(lr_files)} LR stems in {lr_dir}):\n  {_bounded(unpaired)}\nFix: make each HR and LR name differ "
+            "only by the markers (_HR/_LR, x4, _SRF_4, LRBI_x4, _bicubic), or say where the shared stem is with "
+            "--hr-glob and --lr-glob, e.g. --hr-glob '*_HR.png' --lr-glob '*_LR.png'")
+    pairs = sorted((ImagePair(hr_files[stem].path.stem, hr_files[stem].path, lr_files[stem].path) for stem in hr_files),
+                   key=lambda pair: pair.name)
+    return Split(name=name, scale=scale or _infer_scale(name, pairs), pairs=tuple(pairs))
 
 
 # --- embedded default split ----------------------------------------------------------------
@@ -333,16 +524,18 @@ def _center_crop(image: np.ndarray, size_px: int) -> np.ndarray:
     return image[top : top + size_px, left : left + size_px]
 
 
-def _write_embedded_files(split_root: Path) -> None:
+def _write_embedded_files(split_root: Path, scale: int = EMBEDDED_SCALE) -> None:
     hr_dir = split_root / f"{EMBEDDED_SPLIT_NAME}_HR"
     lr_dir = split_root / f"{EMBEDDED_SPLIT_NAME}_LR"
+    if scale != EMBEDDED_SCALE:
+        lr_dir = lr_dir / f"X{scale}"
     hr_dir.mkdir(parents=True)
-    lr_dir.mkdir()
+    lr_dir.mkdir(parents=True)
     for source in embedded_source_paths():
         hr = _center_crop(read_image_rgb(source), EMBEDDED_HR_SIZE_PX)
-        lr = matlab_imresize(hr, 1 / EMBEDDED_SCALE)
+        lr = matlab_imresize(mod_crop(hr, scale), 1 / scale)
         Image.fromarray(hr).save(hr_dir / f"{source.stem}.png")
-        Image.fromarray(lr).save(lr_dir / f"{source.stem}x{EMBEDDED_SCALE}.png")
+        Image.fromarray(lr).save(lr_dir / f"{source.stem}x{scale}.png")
 
 
 def default_cache_dir() -> Path:
@@ -351,51 +544,88 @@ def default_cache_dir() -> Path:
     return Path(configured) if configured else Path.home() / ".cache" / "esr-eval"
 
 
-def embedded_split(cache_dir: Path | None = None) -> Split:
-    """Built-in x4 split: 256x256 centre crops of five scikit-image photos, LR by MATLAB bicubic.
+def embedded_split(cache_dir: Path | None = None, scale: int = EMBEDDED_SCALE) -> Split:
+    """Built-in split: 256x256 centre crops of five scikit-image photos, LR by MATLAB bicubic at 1/``scale``
+    of the crop mod-cropped to ``scale``.
 
-    Stored as an official-layout split in ``<cache_dir>/embedded-v1``. The folder is built under a
-    temporary name beside it and renamed into place, so concurrent callers never see a partial
-    folder; whoever renames second discards its copy and uses the winner's.
+    Stored as an official-layout split in ``<cache_dir>/embedded-v1`` (x4, named ``embedded``) or
+    ``<cache_dir>/embedded-v1-x{scale}`` (named ``embedded_x{scale}``, LR in ``embedded_LR/X{scale}/``).
+    The folder is built under a temporary name beside it and renamed into place, so concurrent callers
+    never see a partial folder; whoever renames second discards its copy and uses the winner's.
     """
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    split_root = cache_root / EMBEDDED_CACHE_SUBDIR
+    subdir = EMBEDDED_CACHE_SUBDIR if scale == EMBEDDED_SCALE else f"{EMBEDDED_CACHE_SUBDIR}-x{scale}"
+    split_root = cache_root / subdir
     if not split_root.is_dir():
         cache_root.mkdir(parents=True, exist_ok=True)
-        staging_prefix = f".{EMBEDDED_CACHE_SUBDIR}-"
-        with tempfile.TemporaryDirectory(dir=cache_root, prefix=staging_prefix) as tmp:
-            staging = Path(tmp) / EMBEDDED_CACHE_SUBDIR
-            _write_embedded_files(staging)
+        with tempfile.TemporaryDirectory(dir=cache_root, prefix=f".{subdir}-") as tmp:
+            staging = Path(tmp) / subdir
+            _write_embedded_files(staging, scale)
             try:
                 os.rename(staging, split_root)
             except OSError:
                 if not split_root.is_dir():
                     raise
     try:
-        return official_split(split_root, EMBEDDED_SPLIT_NAME, EMBEDDED_SCALE)
+        return official_split(split_root, EMBEDDED_SPLIT_NAME, scale)
     except SplitError as error:
         raise SplitError(f"{error}; delete {split_root} to rebuild the embedded split") from error
 
 
 def resolve_splits(data_root: Path | None, names: list[str] | None, pairs: list[tuple[str, str, str]] | None,
-                   scale: int = 4) -> list[Split]:
-    """The splits to evaluate, all decoded once here so bad files fail before any model runs.
+                   scales: Collection[int] = (EMBEDDED_SCALE,), hr_glob: str | None = None,
+                   lr_glob: str | None = None) -> list[Split]:
+    """The splits to evaluate at ``scales`` (those of the selected submissions; none: x4), all decoded once
+    here so bad files fail before any model runs.
 
-    No data root and no pairs → the embedded default split.
+    No data root and no pairs → the embedded split at each scale. Otherwise the official splits under
+    ``data_root`` (the named ones, else all found) at each of ``scales`` they have, and the ``--pair`` splits
+    (:func:`folder_split`, scale read from the image sizes) at one of ``scales``. A scale the data lacks gives
+    no split; :func:`scale_gap` words it for the submissions of that scale. Split names must be distinct.
     """
+    wanted = set(scales) or {EMBEDDED_SCALE}
+    if (hr_glob is not None or lr_glob is not None) and not pairs:
+        raise SplitError("--hr-glob/--lr-glob select the files of --pair folders, and no --pair was given. Fix: add "
+                         "--pair NAME HR_DIR LR_DIR, or drop --hr-glob/--lr-glob")
     splits: list[Split] = []
-    if data_root is not None:
-        if names:
-            splits += [official_split(Path(data_root), name, scale) for name in names]
-        else:
-            splits += list(discover_splits(Path(data_root), scale))
+    if data_root is None and not pairs:
+        splits = [embedded_split(scale=scale) for scale in sorted(wanted)]
+    elif data_root is not None:
+        root = Path(data_root)
+        splits = ([split for name in names for split in _official_splits(root, name, wanted)] if names
+                  else list(discover_splits(root, wanted)))
     for name, hr_dir, lr_dir in pairs or []:
-        splits.append(folder_split(name, Path(hr_dir), Path(lr_dir), scale))
-    if not splits:
-        splits = [embedded_split()]
+        split = folder_split(name, Path(hr_dir), Path(lr_dir), hr_glob=hr_glob, lr_glob=lr_glob)
+        splits += [split] if split.scale in wanted else []
+    repeated = sorted(name for name, count in Counter(split.name for split in splits).items() if count > 1)
+    if repeated:
+        raise SplitError(f"more than one split is named {', '.join(repeated)}. Fix: give each --pair its own NAME, "
+                         "and each --split once")
     for split in splits:
         validate_split(split)
     return splits
+
+
+def scale_gap(scale: int, splits: list[Split], data_root: Path | None = None,
+              pairs: list | None = None) -> tuple[str, str] | None:
+    """(problem, fix) when none of ``splits`` is at ``scale`` (a submission of that scale cannot be
+    evaluated on this data), else None; the fix names the folders or options that would add one."""
+    if any(split.scale == scale for split in splits):
+        return None
+    have: dict[int, list[str]] = {}
+    for split in splits:
+        have.setdefault(split.scale, []).append(split.name)
+    listed = "; ".join(f"{', '.join(names)} at x{s}" for s, names in sorted(have.items())) or "none"
+    fixes = []
+    if data_root is not None:
+        fixes.append(f"add <split>_LR/X{scale}/NAMEx{scale}.png under {data_root} (each HR image mod-cropped to "
+                     f"{scale} and downscaled 1/{scale}, MATLAB bicubic)")
+    if pairs:
+        fixes.append(f"add --pair NAME HR_DIR LR_DIR whose LR images are x{scale}")
+    if have:
+        fixes.append(f"declare scale {' or '.join(map(str, sorted(have)))} if the network upscales by that")
+    return (f"the data has no x{scale} split (splits: {listed})",
+            ", or ".join(fixes) or f"evaluate it on data with x{scale} LR images")
 
 
 def recheck_splits(splits: list[Split]) -> dict:

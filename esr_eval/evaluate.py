@@ -11,17 +11,18 @@ and the wording of a failure (:func:`describe_failure`) are also what ``esr-eval
 
 Privilege separation: this process decodes the split (LR and HR), scores, counts and builds the
 rows; it never imports the submission's code. The submission runs in its own sandbox process
-(:mod:`esr_eval.sandbox`), which receives LR inputs and returns outputs, nothing else. Order:
-decode every split → start the sandbox → calibrate the path with a null model → load (the
-sandbox limits its memory and restricts itself with Landlock first) → for each split (reset the
-peak-memory counter, warm-up + timed calls under the timing protocol, each timed by the sandbox
-and by this process, :func:`esr_eval.timing.external_check`; quality of the timed outputs here)
-→ complexity (the official counts as the sandbox reports them, checked here against a trace of
-the model on the first real LR image: :mod:`esr_eval.recount`) → hygiene (here, calling the
-sandbox). On CUDA: ``cudnn.benchmark`` off; on CPU the torch thread count is fixed to
-``torch_threads`` when given and recorded either way. Everything runs inside
-:func:`esr_eval.containment.contained` (processes the submission spawns are killed at the end);
-the row records which protections were active and what was killed.
+(:mod:`esr_eval.sandbox`), which receives LR inputs and returns outputs, nothing else. Order: decode
+every split of the submission's scale (the run's other splits are skipped) → start the sandbox →
+calibrate the path with a null model → load (the sandbox limits its memory and restricts itself with
+Landlock first) → for each split (reset the peak-memory counter, warm-up + timed calls under the
+timing protocol, each timed by the sandbox and by this process,
+:func:`esr_eval.timing.external_check`; quality of the timed outputs here) → complexity (the
+official counts as the sandbox reports them, checked here against a trace of the model on the first
+real LR image: :mod:`esr_eval.recount`) → hygiene (here, calling the sandbox). On CUDA:
+``cudnn.benchmark`` off; on CPU the torch thread count is fixed to ``torch_threads`` when given and
+recorded either way. Everything runs inside :func:`esr_eval.containment.contained` (processes the
+submission spawns are killed at the end); the row records which protections were active and what was
+killed.
 
 Flags with evidence: ``timing_tampered`` (split rows: the sandbox's clock disagrees with ours;
 the external bound stands as the latency), and in ``complexity_flags``: ``trace_unverified``
@@ -47,7 +48,7 @@ from packaging.specifiers import SpecifierSet
 
 from esr_eval.complexity import BUFFER_SHARE, Complexity, buffer_flag, complexity_from_reply, input_dependence_flag
 from esr_eval.containment import contained
-from esr_eval.data import Split, embedded_split, load_pair
+from esr_eval.data import Split, embedded_split, load_pair, scale_gap
 from esr_eval.hygiene import check_hygiene
 from esr_eval.manifest import Submission, SubmissionError, printable
 from esr_eval.provenance import device_facts, facts_dict
@@ -243,7 +244,8 @@ def complexity_fields(sandbox: Sandbox, sub, config, device, real_lr: np.ndarray
 
 
 def hygiene_fields(adapter, device) -> dict:
-    embedded = embedded_split()
+    """The hygiene checks on the first images of the embedded split at the adapter's scale."""
+    embedded = embedded_split(scale=adapter.scale)
     pairs = [load_pair(pair, embedded.scale) for pair in embedded.pairs[:HYGIENE_IMAGES]]
     report = check_hygiene(adapter, pairs, device)
     return dict(
@@ -335,14 +337,21 @@ def unmet_needs(sub: Submission, device: torch.device) -> str | None:
 
 def evaluate_submission(sub: Submission, splits: list[Split], config: EvaluationConfig,
                         run_id: str) -> EvaluationResult:
-    """Measure one submission on every split, its code in a sandbox process (memory limit, Landlock,
-    nothing it spawns survives); failures become an error row; a submission this run cannot
-    measure (:func:`unmet_needs`) a ``skipped`` row that says why, its code never run."""
+    """Measure one submission on every split of its scale, its code in a sandbox process (memory limit,
+    Landlock, nothing it spawns survives); failures become an error row; a submission this run cannot
+    measure (:func:`unmet_needs`) a ``skipped`` row that says why, its code never run; one with no split
+    of its scale a ``manifest`` error row (:func:`esr_eval.data.scale_gap`), its code never run."""
     device = _prepare_device(config)
     started = time.time()
     facts = facts_dict(device_facts(device))
     base = dict(run_id=run_id, **manifest_fields(sub), timing_protocol=config.protocol.protocol_id,
                 runtime_statistic=config.protocol.headline, started_at_unix_s=started, **facts)
+    gap = scale_gap(sub.scale, splits)
+    if gap is not None:
+        error = SubmissionError(sub.submission_id, f"scale {sub.scale}", *gap)
+        return EvaluationResult(submission=SubmissionRow(status="error", error=str(error), error_stage=error.stage,
+                                                         **base, wall_s=time.time() - started))
+    splits = [split for split in splits if split.scale == sub.scale]
     unmet = unmet_needs(sub, device)
     if unmet is not None:
         row = SubmissionRow(status="skipped", error=f"[{sub.submission_id}] not measured on this hardware: {unmet}",
@@ -394,6 +403,7 @@ def _load(sandbox: Sandbox, sub: Submission, config: EvaluationConfig, fields: d
                   missing_keys=",".join(map(str, keys[0] or [])) or None,
                   unexpected_keys=",".join(map(str, keys[1] or [])) or None,
                   cuda_calls_redirected=reply.get("cuda_calls_redirected"),
+                  after_load="; ".join(reply.get("after_load") or []) or None,
                   params_before_forward=reply.get("params_before_forward"))
 
 

@@ -15,17 +15,24 @@ Contract
   at most ``MAX_MANIFEST_BYTES``; UTF-8; YAML without aliases (no "billion laughs") and nested at
   most ``MAX_NESTING`` deep; every string free of control characters and surrogates and at most
   ``MAX_TEXT_CHARS`` long (refused, never rewritten, so the row shows what the team declared);
-  ``name`` printable and at most ``MAX_NAME_CHARS``; the file stem (the submission id) printable,
+  ``name`` printable and at most ``MAX_NAME_CHARS``; ``team_id`` two digits, or three for a team's
+  extra entry (NTIRE's ``model_id == 361``); the file stem (the submission id) printable,
   at most ``MAX_ID_CHARS`` characters / ``MAX_ID_BYTES`` UTF-8 bytes, not starting with '.' or
   '_' (an invalid stem gets an escaped stand-in id for its error row); ``scale`` in
   ``ALLOWED_SCALES``; distinct submission ids and distinct ``team_id`` s across the folder.
   Values quoted in messages are escaped and clipped, so every message is short and printable.
+
+* ``after_load`` lists method calls on the model, run in order after its weights load (the
+  official code's ``model.repa()``, ``model.load_weights(path)``, or one method on every module
+  that has it); only literal arguments, and a file argument only as ``path``, a path under the
+  submissions root checked like ``checkpoint.path`` and passed first.
 
 The format is documented in the README ("Submission manifests").
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -40,7 +47,7 @@ import yaml
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from pydantic import AfterValidator, BeforeValidator, ValidationError, ValidationInfo, field_validator
 
-from esr_eval.validation import Problem, Strict, about, did_you_mean, invalid, printable, problems, show
+from esr_eval.validation import Problem, Strict, about, invalid, printable, problems, show
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".toml")
 VALID_DATA_RANGES = (1.0, 255.0)
@@ -215,6 +222,49 @@ class CheckpointSpec(Strict):
                      for alt in self.key.split("|"))
 
 
+_AFTER_LOAD_FIX = "write a method of the model, e.g. `after_load: [repa]` or `{method: load_weights, path: model_zoo/x.pth}`"
+_AFTER_LOAD_PATH_FIX = "put the file there or correct the path (relative to --root)"
+
+
+def _method_entry(value: Any) -> Any:
+    """A bare method name in ``after_load`` means a call without arguments."""
+    return {"method": value} if isinstance(value, str) else value
+
+
+class AfterLoadCall(Strict):
+    """One method call on the loaded model (``after_load:``): ``model.<method>(path, *args, **kwargs)``,
+    or, with ``each_module``, the same call on every module of ``model.modules()`` that has the method."""
+
+    method: str = about("the model's method to call after its weights load", _AFTER_LOAD_FIX)
+    path: Annotated[str, _under_root(_AFTER_LOAD_PATH_FIX)] | None = about(
+        "a file passed as the first argument, relative to the submissions root (resolved and checked)",
+        "give the file's path relative to --root, e.g. model_zoo/team40_weights.pth", default=None)
+    args: Annotated[tuple[Any, ...], _none_as(())] = about(
+        "further positional arguments (literals)", "write `args: [true]`", default=(), strict=False)
+    kwargs: Annotated[dict[str, Any], _none_as({})] = about(
+        "keyword arguments (literals)", "write `kwargs: {deploy: true}`", default_factory=dict)
+    each_module: Annotated[bool, _none_as(False)] = about(
+        "call it on every module of the model that has the method (the `for m in model.modules()` idiom)",
+        "write `each_module: true` or `false`", default=False)
+
+    @field_validator("method")
+    @classmethod
+    def _method_name(cls, value: str) -> str:
+        if not value.isidentifier() or value.startswith("__"):
+            raise invalid(f"must be the name of a method of the model, got {show(value)}", _AFTER_LOAD_FIX)
+        return value
+
+    def describe(self) -> str:
+        """The call as Python source, ``path`` as written in the manifest."""
+        args = ([repr(self.path)] if self.path is not None else []) + [repr(a) for a in self.args]
+        args += [f"{name}={value!r}" for name, value in self.kwargs.items()]
+        call = f"{self.method}({', '.join(args)})"
+        return f"{call} on every module that has it" if self.each_module else call
+
+
+AfterLoadEntry = Annotated[AfterLoadCall, BeforeValidator(_method_entry, json_schema_input_type=str | AfterLoadCall)]
+
+
 class TileEntry(Strict):
     size: int = about("tile edge in LR pixels", "give a whole number such as 256", gt=0)
     overlap: int = about("overlap in LR pixels", "choose an overlap smaller than the tile size", default=0, ge=0)
@@ -277,7 +327,7 @@ class ManifestDocument(Strict):
     """One manifest file, as written (README, "Submission manifests"); its JSON Schema is
     ``docs/manifest.schema.json``."""
 
-    team_id: str = about("the team's two-digit id, quoted",
+    team_id: str = about("the team's id: two digits, or three for a team's extra entry (e.g. 361), quoted",
                          'write it quoted, e.g. team_id: "07" (unquoted, YAML reads 010 as 8)')
     name: str | int | float | None = about("display name (default: the submission id)",
                                            "write the method's name, e.g. `name: RLFN`", default=None)
@@ -285,6 +335,10 @@ class ManifestDocument(Strict):
     checkpoint: CheckpointSpec | None = about(
         "the weights (omit for a parameter-free model)",
         "write `checkpoint: {path: model_zoo/teamNN_name.pth}` or omit it for a parameter-free model", default=None)
+    after_load: Annotated[tuple[AfterLoadEntry, ...], _none_as(())] = about(
+        "method calls on the model after its weights load, in order (e.g. re-parameterisation)",
+        "write e.g. `after_load: [repa]` or `after_load: [{method: load_weights, path: model_zoo/x.pth}]`",
+        default=(), strict=False)
     data_range: float = about("input range the network expects: 1.0 or 255.0",
                               "declare the input range the network was trained with: 1.0 or 255.0", default=1.0)
     scale: int = about("upscaling factor",
@@ -302,9 +356,9 @@ class ManifestDocument(Strict):
 
     @field_validator("team_id")
     @classmethod
-    def _two_digits(cls, value: str) -> str:
-        if not re.fullmatch(r"[0-9]{2}", value):
-            raise invalid(f"must be a quoted two-digit string, got {show(value)}",
+    def _two_or_three_digits(cls, value: str) -> str:
+        if not re.fullmatch(r"[0-9]{2,3}", value):
+            raise invalid(f"must be a quoted string of two digits (three for a team's extra entry), got {show(value)}",
                           'write it quoted, e.g. team_id: "07" (unquoted, YAML reads 010 as 8)')
         return value
 
@@ -361,6 +415,7 @@ class Submission:
     requirements: tuple[str, ...] = ()
     weights: str = ""
     needs: NeedsEntry = NeedsEntry()
+    after_load: tuple[AfterLoadCall, ...] = ()
 
     @property
     def model_path(self) -> Path:
@@ -493,6 +548,7 @@ def parse_manifest(path: Path, root: Path, check_files: bool = True) -> Submissi
         requirements=document.requirements,
         weights=str(document.weights or ""),
         needs=document.needs,
+        after_load=document.after_load,
     )
 
 
@@ -590,8 +646,22 @@ def select(submissions: list[Submission], wanted: list[str] | tuple[str, ...]) -
         matches = [s for s in submissions
                    if token in (s.submission_id, s.team_id) or token.lower() == s.name.lower()]
         if not matches:
-            names = {s.submission_id for s in submissions}
-            raise SubmissionError(token, "(selection)", "no such submission",
-                                  f"{did_you_mean(token, names)}; `esr-eval ls` lists them")
+            nearest = _nearest(token, submissions)
+            hint = "" if nearest is None else f"did you mean {nearest.submission_id} ({nearest.name})? "
+            raise SubmissionError(token, "(selection)", f"no submission matches {printable(token, 80)!r}",
+                                  f"{hint}Give a submission id, team id or name (`esr-eval ls` lists them)")
         chosen.extend(m for m in matches if m not in chosen)
     return chosen
+
+
+NEAREST_MIN_LIKENESS = 0.6  # difflib ratio from which a selection that matches nothing names the nearest submission
+
+
+def _nearest(token: str, submissions: list[Submission]) -> Submission | None:
+    """The submission whose id, team id or name is most like ``token`` (case-insensitive), if any is alike."""
+    def likeness(sub: Submission) -> float:
+        return max(difflib.SequenceMatcher(None, token.lower(), key.lower()).ratio()
+                   for key in (sub.submission_id, sub.team_id, sub.name))
+
+    best = max(submissions, key=likeness, default=None)
+    return best if best is not None and likeness(best) >= NEAREST_MIN_LIKENESS else None

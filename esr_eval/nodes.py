@@ -16,12 +16,16 @@ Contract
 * :func:`probe_node` schedules a zero-resource task pinned to one node: it answers only if the
   node's raylet is alive and can still start work, which tells an actor that crashed on a
   healthy node from one whose node is dying but not yet declared dead.
+* :func:`rsync_down_lines` gives, on a head started by ``ray up``, the exact ``ray rsync-down``
+  command that copies a run folder to the machine ``ray up`` ran on, with what ``ray down`` does
+  to it (deletes it with the nodes on a cloud; keeps it on premises), and nothing elsewhere.
 This module imports only Ray and the standard library (no torch), so any process can use it.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +38,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 RAY_ENV = {"RAY_AUTH_MODE": "disabled"}
 BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml")
 GPU_POLL_S = 2.0
+# The shipped cluster-launcher templates by provider type, as named from the repository root.
+CLUSTER_TEMPLATES = {"aws": "ray_config.yaml", "local": "cluster/onprem.yaml"}
 
 
 class GpuWaitError(RuntimeError):
@@ -102,6 +108,26 @@ def declared_gpus_here() -> int | None:
         return declared_gpus(yaml.safe_load(path.read_text()) or {})
     except (OSError, yaml.YAMLError):
         return None
+
+
+def rsync_down_lines(run_dir: Path, bootstrap: Path | None = None) -> list[str]:
+    """On a cluster head: how to copy ``run_dir`` to the machine ``ray up`` ran on; else ``[]``."""
+    bootstrap = bootstrap_config_path() if bootstrap is None else bootstrap
+    if not bootstrap.is_file():
+        return []
+    try:
+        config = yaml.safe_load(bootstrap.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        config = {}
+    provider = (config.get("provider") or {}).get("type")
+    template = CLUSTER_TEMPLATES.get(provider, "YOUR-CLUSTER-CONFIG.yaml")
+    run_dir = Path(run_dir).expanduser().resolve()
+    command = shlex.join(["ray", "rsync-down", template, f"{run_dir}/", f"results/{run_dir.name}/"])
+    fate = ("`ray down` stops Ray there and keeps the files" if provider == "local"
+            else "`ray down` deletes it with the nodes, so copy it first")
+    return [f"this run is on the cluster head only ({fate}). To copy it, run from the folder you ran `ray up` in "
+            f"(with the config you gave `ray up`, if not {template}):",
+            f"  {command}"]
 
 
 def alive_nodes() -> list[dict]:

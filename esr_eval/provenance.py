@@ -5,6 +5,11 @@ thread count, cuDNN/TF32 flags); :func:`environment` gives library versions (tor
 cuDNN, NVIDIA driver, Ray, numpy, fvcore, esr-eval) and the esr-eval git sha with a dirty
 flag; :func:`run_metadata` is what ``run.json`` holds (keys: ``records.RUN_JSON_KEYS``). Nothing
 here fails: an unknown fact is ``None``.
+
+The dirty flag (:func:`git_dirty`) is true only when a tracked file of esr-eval itself differs
+from the commit: untracked files and the folders that hold runs, submissions and data
+(:data:`NOT_SOURCE_DIRS`, which the cluster templates keep out of the repository mount, so a node
+lacks them by construction) do not count.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from pathlib import Path
 import torch
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
+# Tracked folders of the repository that hold runs, submissions and data, not esr-eval's code
+# (the cluster templates' rsync_exclude keeps them out of the repository mount).
+NOT_SOURCE_DIRS = ("results", "models", "model_zoo", "cluster/data")
 
 
 @dataclass(frozen=True)
@@ -70,12 +78,20 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _git(*args: str) -> str | None:
+def _git(*args: str, cwd: Path = _PACKAGE_DIR) -> str | None:
     try:
-        out = subprocess.run(["git", *args], cwd=_PACKAGE_DIR, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_dirty(cwd: Path = _PACKAGE_DIR) -> bool | None:
+    """Whether a tracked source file of the checkout holding ``cwd`` differs from its commit
+    (``None`` outside a git checkout); untracked files and :data:`NOT_SOURCE_DIRS` do not count."""
+    excluded = [f":(top,exclude){folder}" for folder in NOT_SOURCE_DIRS]
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", *excluded, cwd=cwd)
+    return None if status is None else bool(status)
 
 
 def _nvidia_driver() -> str | None:
@@ -89,12 +105,10 @@ def _nvidia_driver() -> str | None:
 
 def environment() -> dict:
     """Library versions and the esr-eval source revision."""
-    sha = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
     return {
         "esr_eval_version": _version("esr-eval"),
-        "esr_eval_git_sha": sha,
-        "esr_eval_git_dirty": None if status is None else bool(status),
+        "esr_eval_git_sha": _git("rev-parse", "HEAD"),
+        "esr_eval_git_dirty": git_dirty(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,

@@ -43,6 +43,13 @@ Contract
   by the same rules (name, ``rules_sha256`` and, when the table has it, ``rules_version``) from the
   run as it is now; else the run ranked again (nothing written). The report uses it, so the
   bootstrap runs once per run and a report never disagrees with ``rankings/``.
+- ``fitting_rules(split_names, submissions) -> RulesChoice`` (``--rules auto``): the rules that fit a run
+  measured on ``split_names``: ``demo`` for the embedded split alone (or none); else the latest built-in
+  challenge rules (by name) whose valid and test splits are both in the run; else ``demo`` on the run's
+  own splits (``with_splits``: the first split as valid, the second, or the first again, as test), with a
+  one-line ``note`` naming the challenge whose PSNR gates need other splits. Where ``demo`` is chosen and
+  its gate's reference submission has no ``ok`` row in ``submissions``, the gate is dropped (ranked
+  ungated, said in the description and the note), so such a run never ranks nobody without a word.
 - Integrity: ``esr_eval.records.read_run`` reads only the part files the run's ledger records, from
   the bytes it verified (``esr_eval.records.verify_run``); ``RunTables.integrity`` says what it found.
   ``with_integrity(rankings, integrity)`` (``rank_tables`` applies it) adds, on every
@@ -72,7 +79,9 @@ from esr_eval.protocols import (
     PSNR_COLUMN_BY_ROLE,
     ROLES,
     BaselineIdentity,
+    Gate,
     RankingProtocol,
+    builtin_protocol_names,
     load_protocol,
 )
 from esr_eval.records import RunIntegrity, RunTables, read_rankings, read_run, run_sha256, write_rankings
@@ -82,9 +91,11 @@ __all__ = [
     "BaselineChoice",
     "BaselineError",
     "GateThreshold",
+    "RulesChoice",
     "RunTables",
     "baseline_summary",
     "find_baseline",
+    "fitting_rules",
     "gate_thresholds",
     "load_protocol",
     "metrics_table",
@@ -740,3 +751,54 @@ def rankings_for(tables: RunTables, protocol: RankingProtocol) -> pd.DataFrame:
     the run ranked again now (:func:`rank_tables`; nothing written)."""
     stored = stored_rankings(tables, protocol)
     return stored if stored is not None else rank_tables(tables, protocol)
+
+
+AUTO_FALLBACK_RULES = "demo"  # --rules auto where no challenge's splits are in the run
+
+
+@dataclass(frozen=True)
+class RulesChoice:
+    """The rules ``--rules auto`` picked, and ``note``: one line saying what could not apply (None: nothing)."""
+
+    protocol: RankingProtocol
+    note: str | None
+
+
+def _ungated_without_reference(protocol: RankingProtocol, submissions: pd.DataFrame) -> tuple[RankingProtocol, str]:
+    """``protocol`` without the gates whose reference submission has no ``ok`` row in ``submissions``, and
+    what that means in words ("" when every gate stands)."""
+    ok = submissions[submissions["status"].astype(str) == "ok"] if len(submissions) else submissions
+    absent = [gate for gate in protocol.gates if gate.reference is not None and gate.reference.mask(ok).sum() != 1]
+    if not absent:
+        return protocol, ""
+    why = f"ungated (the gate's reference, {absent[0].reference.describe()}, has no ok row in this run)"
+    kept = tuple(gate for gate in protocol.gates if gate not in absent)
+    return dataclasses.replace(protocol, gates=kept, description=f"{protocol.description} Here: {why}."), why
+
+
+def _gate_words(gate: Gate) -> str:
+    threshold = (f"{gate.min_psnr_db:g} dB" if gate.min_psnr_db is not None
+                 else f"the PSNR of {gate.reference.describe()} + {gate.margin_db:g} dB")
+    return f"{gate.role} PSNR >= {threshold}"
+
+
+def fitting_rules(split_names: Any, submissions: pd.DataFrame) -> RulesChoice:
+    """``--rules auto``: the rules that fit a run measured on ``split_names`` (module doc); ``submissions``
+    (columns submission_id, team_id, name, status) tells whether the demo gate's reference was measured."""
+    present = [str(name) for name in dict.fromkeys(split_names)]
+    demo = load_protocol(AUTO_FALLBACK_RULES)
+    challenges = [load_protocol(name) for name in builtin_protocol_names() if name != AUTO_FALLBACK_RULES]
+    fitting = [rules for rules in challenges if all(rules.split_for(role) in present for role in ROLES)]
+    if fitting:
+        return RulesChoice(max(fitting, key=lambda rules: rules.name), None)
+    if set(present) <= {demo.split_for("valid")}:
+        protocol, ungated = _ungated_without_reference(demo, submissions)
+        return RulesChoice(protocol, f"demo rules for the embedded split, {ungated}" if ungated else None)
+    nearest = max(challenges, key=lambda rules: (sum(rules.split_for(role) in present for role in ROLES), rules.name))
+    valid, test = present[0], present[min(1, len(present) - 1)]
+    protocol, ungated = _ungated_without_reference(demo.with_splits(valid=valid, test=test), submissions)
+    on = valid if valid == test else f"{valid} (valid) and {test} (test)"
+    gate = ungated or ("gated: " + "; ".join(map(_gate_words, protocol.gates)) if protocol.gates else "ungated")
+    return RulesChoice(protocol, (
+        f"the PSNR gates of {nearest.name} need splits {nearest.split_for('valid')} and {nearest.split_for('test')}; "
+        f"this run has {', '.join(present)}: ranked with the {AUTO_FALLBACK_RULES} rules on {on}, {gate}"))

@@ -16,8 +16,9 @@ Contract
   and the state of the run it was ranked from;
 * ``run.json`` (provenance, keys :data:`RUN_JSON_KEYS`) and ``ledger.json`` (:data:`LEDGER_KEYS`).
 
-Units are in column names (``_ms``, ``_db``, ``_mb`` = 2^20 bytes, ``_s``) or stated in the meaning;
-raw values are stored and rounding happens only in reports. ``docs/SCHEMA.md`` is
+Every numeric column states its unit where it is defined (:func:`column`, :class:`Column`: ``ms``,
+``dB``, ``MACs`` for the FLOP counts, ``MiB (2^20 B)`` for the ``_mb`` columns, ``count``, ...); raw
+values are stored and rounding happens only in reports. ``docs/SCHEMA.md`` is
 :func:`schema_markdown`, which renders its tables with :func:`markdown_table` (the one Markdown
 table renderer, also used by ``esr_eval.report``).
 
@@ -72,9 +73,10 @@ SCHEMA_VERSION = 1
 STATUSES = ("ok", "error", "timeout", "startup_timeout", "crashed")
 
 
-def column(meaning: str, default: Any = MISSING) -> Any:
-    """A row field carrying its meaning for docs/SCHEMA.md (the unit is in the name, or stated here)."""
-    return field(default=default, metadata={"meaning": meaning})
+def column(meaning: str, default: Any = MISSING, unit: str | None = None) -> Any:
+    """A row field carrying its meaning and unit for docs/SCHEMA.md; every numeric column states its unit
+    (``count``, ``ms``, ``dB``, ``MACs``, ``MiB (2^20 B)``, ...), a text or boolean column has none."""
+    return field(default=default, metadata={"meaning": meaning, "unit": unit})
 
 
 @dataclass(frozen=True)
@@ -93,50 +95,56 @@ class SubmissionRow:
     error_stage: str | None = column("stage that failed (manifest, checkpoint, load, inference, complexity, "
                                      "hygiene, ...; `needs` for a skipped row)", None)
     traceback: str | None = column("Python traceback of the failure", None)
-    attempts: int = column("times the driver ran the submission (a crash or timeout is retried)", 1)
+    attempts: int = column("times the driver ran the submission (a crash or timeout is retried)", 1, unit="count")
     strict: bool = column("checkpoint loaded with `strict=True` (false only when declared)", True)
     trusted_pickle: bool = column("checkpoint fully unpickled (declared in the manifest)", False)
-    data_range: float = column("declared pixel range of the model's input and output: 1.0 or 255.0", 1.0)
-    scale: int = column("upscaling factor", 4)
+    data_range: float = column("declared pixel range of the model's input and output: 1.0 or 255.0", 1.0, unit="pixel value")
+    scale: int = column("upscaling factor", 4, unit="× (factor)")
     adapter: str = column("declared adapter (padding, tiling) as text; `none` without one", "none")
     manifest_sha256: str | None = column("sha256 of the manifest file's bytes", None)
     checkpoint_sha256: str | None = column("sha256 of the checkpoint file's bytes", None)
     missing_keys: str | None = column("comma-separated model keys absent from the checkpoint (non-strict load)", None)
     unexpected_keys: str | None = column("comma-separated checkpoint keys the model does not have", None)
-    cuda_calls_redirected: int | None = column("`.cuda()` calls of the model's constructor redirected to the CPU "
-                                               "(a CPU run)", None)
+    cuda_calls_redirected: int | None = column("`.cuda()` calls of the model's constructor and after_load calls "
+                                               "redirected to the CPU (a CPU run)", None, unit="count")
+    after_load: str | None = column("the manifest's after_load calls run after the weights loaded, as Python source, "
+                                    "`; `-separated in order; null when none", None)
     complexity_input_shape: str | None = column("input of the complexity counts, `NxCxHxW` (official 1x3x256x256)",
                                                 None)
-    params: int | None = column("parameters after the first forward (count; the official figure)", None)
-    params_before_forward: int | None = column("parameters before the first forward (count)", None)
-    flops_fvcore: int | None = column("fvcore FLOPs on the complexity input (multiply-adds; official from 2024)",
-                                      None)
-    flops_hook_2022: int | None = column("FLOPs by the 2022-2023 hook counter (multiply-adds)", None)
-    flops_audit: int | None = column("independent FLOP count at the dispatcher level (multiply-adds)", None)
-    flops_audit_ratio: float | None = column("flops_audit / flops_fvcore", None)
+    params: int | None = column("parameters after the first forward (the official figure)", None, unit="count")
+    params_before_forward: int | None = column("parameters before the first forward", None, unit="count")
+    flops_fvcore: int | None = column("fvcore's total on the complexity input, the challenge's \"FLOPs\" (official from "
+                                      "2024): a MAC count, one multiply-add counted once", None, unit="MACs")
+    flops_hook_2022: int | None = column("the 2022-2023 hook counter's total, the challenge's \"FLOPs\" then: conv "
+                                         "multiply-adds plus ReLU and BatchNorm elements", None, unit="MACs")
+    flops_audit: int | None = column("independent count at the dispatcher level (`torch.utils.flop_counter`, halved "
+                                     "to multiply-adds)", None, unit="MACs")
+    flops_audit_ratio: float | None = column("flops_audit / flops_fvcore", None, unit="ratio")
     flops_audit_flag: bool | None = column("the audit disagrees with fvcore beyond tolerance, or fvcore skipped "
                                            "a flagged op", None)
     flops_zero_counted_ops: str | None = column("JSON list of [op, calls, category] fvcore counted as zero", None)
-    activations: int | None = column("sum of conv output elements on the complexity input (count)", None)
-    num_conv: int | None = column("conv calls on the complexity input (count)", None)
-    float_buffer_elements: int | None = column("floating-point buffer elements after the first forward (count)",
-                                               None)
-    flops_audit_per_px_probe: float | None = column("audit FLOPs per output pixel on the complexity input", None)
-    flops_audit_per_px_real: float | None = column("audit FLOPs per output pixel on a real evaluation image", None)
-    params_clean: int | None = column("floating-point elements in the traced graph on a real image (count)", None)
-    checkpoint_float_elements: int | None = column("floating-point elements in the checkpoint (count)", None)
+    activations: int | None = column("sum of conv output elements on the complexity input", None, unit="count")
+    num_conv: int | None = column("conv calls on the complexity input", None, unit="count")
+    float_buffer_elements: int | None = column("floating-point buffer elements after the first forward", None,
+                                               unit="count")
+    flops_audit_per_px_probe: float | None = column("audit count per output pixel on the complexity input", None,
+                                                    unit="MACs per output px")
+    flops_audit_per_px_real: float | None = column("audit count per output pixel on a real evaluation image", None,
+                                                   unit="MACs per output px")
+    params_clean: int | None = column("floating-point elements in the traced graph on a real image", None, unit="count")
+    checkpoint_float_elements: int | None = column("floating-point elements in the checkpoint", None, unit="count")
     trace_verified: bool | None = column("the traced graph reproduces the model's output", None)
     trace_detail: str | None = column("why the trace could not be verified", None)
     complexity_flags: str | None = column("comma-separated: trace_unverified, flops_input_dependent, "
                                           "params_in_buffers, params_not_in_checkpoint", None)
     hygiene_input_mutated: bool | None = column("the model changed its input tensor in place", None)
     hygiene_repeat_max_abs_diff: float | None = column("largest difference between two calls on the same input "
-                                                       "(pixel values, uint8 scale)", None)
+                                                       "(pixel values, uint8 scale)", None, unit="uint8 levels (0-255)")
     hygiene_nonfinite_outputs: bool | None = column("NaN or Inf in an output", None)
     hygiene_cache_suspect: bool | None = column("outputs or timings suggest answers cached per input", None)
     hygiene_cache_detail: str | None = column("the cache measurements behind hygiene_cache_suspect", None)
-    hygiene_data_range_psnr_db: float | None = column("PSNR with the declared data range, dB", None)
-    hygiene_other_data_range_psnr_db: float | None = column("PSNR with the other data range, dB", None)
+    hygiene_data_range_psnr_db: float | None = column("PSNR with the declared data range", None, unit="dB")
+    hygiene_other_data_range_psnr_db: float | None = column("PSNR with the other data range", None, unit="dB")
     hygiene_data_range_flag: bool | None = column("the other data range scores clearly better", None)
     hygiene_flags: str | None = column("comma-separated hygiene findings (empty when none)", None)
     timing_protocol: str | None = column("timing protocol id, e.g. `esr-default-v2`, `official-v1`", None)
@@ -150,22 +158,23 @@ class SubmissionRow:
     actor_startup_s: float | None = column("seconds from the actor's request to its start (scheduling, process, imports "
                                            "and, for a submission with requirements, building its environment: "
                                            "cached per node and requirement set); never counted against `timeout`",
-                                           None)
+                                           None, unit="s")
     requirements_sha256: str | None = column("sha256 of the manifest's requirement set (sorted, normalised); null "
                                              "when it has none", None)
     requirements_installed: str | None = column("`name==version; ...` of the requirements as installed in the "
                                                 "submission's environment (Ray runs)", None)
-    torch_num_threads: int | None = column("torch intra-op threads", None)
+    torch_num_threads: int | None = column("torch intra-op threads", None, unit="count")
     cudnn_benchmark: bool | None = column("`torch.backends.cudnn.benchmark`", None)
     tf32_matmul: bool | None = column("TF32 allowed in matmul", None)
     tf32_cudnn: bool | None = column("TF32 allowed in cuDNN", None)
-    memory_limit_mb: int | None = column("host memory limit of the submission's process (RLIMIT_DATA), MiB", None)
+    memory_limit_mb: int | None = column("host memory limit of the submission's process (RLIMIT_DATA)", None,
+                                         unit="MiB (2^20 B)")
     sandbox: str | None = column("the sandbox's restrictions (Landlock) as applied", None)
     containment: str | None = column("process containment as applied (memory limit, subreaper, signals)", None)
-    leftover_processes_killed: int | None = column("processes the submission left behind, killed (count)", None)
+    leftover_processes_killed: int | None = column("processes the submission left behind, killed", None, unit="count")
     leftover_processes: str | None = column("their command lines", None)
-    started_at_unix_s: float | None = column("evaluation start, Unix time", None)
-    wall_s: float | None = column("evaluation wall time", None)
+    started_at_unix_s: float | None = column("evaluation start", None, unit="s (Unix time, UTC)")
+    wall_s: float | None = column("evaluation wall time", None, unit="s")
 
 
 @dataclass(frozen=True)
@@ -175,26 +184,29 @@ class SplitRow:
     run_id: str = column("the run")
     submission_id: str = column("the submission")
     split: str = column("split name, e.g. `DIV2K_LSDIR_valid`, `embedded`")
-    num_images: int = column("images in the split")
+    num_images: int = column("images in the split", unit="count")
     dataset_sha256: str = column("sha256 over the split's HR and LR files")
-    psnr_db: float = column("mean PSNR over the images (RGB)")
-    ssim: float | None = column("mean SSIM (RGB); null unless asked for")
-    psnr_y_db: float = column("mean PSNR on the Y channel")
-    ssim_y: float | None = column("mean SSIM on the Y channel; null unless asked for")
-    runtime_ms: float = column("the split's runtime by runtime_statistic (the ranked figure)")
-    runtime_mean_ms: float = column("mean of every timed call")
-    runtime_median_ms: float = column("median of every timed call")
-    runtime_p90_ms: float = column("90th percentile of the timed calls")
-    runtime_n: int = column("timed calls")
-    wall_mean_ms: float = column("mean host-clock time around the synchronised call")
-    warmup_calls: int = column("untimed calls before timing")
-    repeats: int = column("timed passes over the split")
-    peak_mem_mb: float | None = column("CUDA peak memory during this split; null on CPU", None)
-    peak_mem_official_mb: float | None = column("CUDA peak memory since loading, as the official script reads it",
-                                                None)
-    runtime_sandbox_ms: float | None = column("runtime by the sandbox's own clock", None)
-    runtime_external_ms: float | None = column("runtime bounded by the evaluator's clock", None)
-    external_overhead_ms: float | None = column("mean calibrated cost of the evaluator's path per call", None)
+    psnr_db: float = column("mean PSNR over the images (RGB)", unit="dB")
+    ssim: float | None = column("mean SSIM (RGB); null unless asked for", unit="unitless (<= 1)")
+    psnr_y_db: float = column("mean PSNR on the Y channel", unit="dB")
+    ssim_y: float | None = column("mean SSIM on the Y channel; null unless asked for", unit="unitless (<= 1)")
+    runtime_ms: float = column("the split's runtime by runtime_statistic (the ranked figure)", unit="ms")
+    runtime_mean_ms: float = column("mean of every timed call", unit="ms")
+    runtime_median_ms: float = column("median of every timed call", unit="ms")
+    runtime_p90_ms: float = column("90th percentile of the timed calls", unit="ms")
+    runtime_n: int = column("timed calls", unit="count")
+    wall_mean_ms: float = column("mean host-clock time around the synchronised call", unit="ms")
+    warmup_calls: int = column("untimed calls before timing", unit="count")
+    repeats: int = column("timed passes over the split", unit="count")
+    peak_mem_mb: float | None = column("peak CUDA memory allocated during this split "
+                                       "(`torch.cuda.max_memory_allocated` / 2^20, reset per split; the name says mb, "
+                                       "the unit is MiB); null on CPU", None, unit="MiB (2^20 B)")
+    peak_mem_official_mb: float | None = column("peak CUDA memory allocated since loading, never reset, as the official "
+                                                "script reads it (its \"Mem [MB]\" is this figure, in MiB); null on CPU",
+                                                None, unit="MiB (2^20 B)")
+    runtime_sandbox_ms: float | None = column("runtime by the sandbox's own clock", None, unit="ms")
+    runtime_external_ms: float | None = column("runtime bounded by the evaluator's clock", None, unit="ms")
+    external_overhead_ms: float | None = column("mean calibrated cost of the evaluator's path per call", None, unit="ms")
     timing_tampered: bool | None = column("the sandbox's clock fell short of the evaluator's: the external bound "
                                           "is the runtime", None)
     timing_detail: str | None = column("what the external check found", None)
@@ -208,17 +220,17 @@ class SampleRow:
     submission_id: str = column("the submission")
     split: str = column("the split")
     image: str = column("image name")
-    repeat: int = column("timed pass, from 0")
-    latency_ms: float = column("the call's latency (CUDA events, or the CPU clock)")
-    wall_ms: float = column("host clock around the synchronised call")
-    lr_height: int = column("LR input height, px")
-    lr_width: int = column("LR input width, px")
-    external_ms: float | None = column("the evaluator's clock: request sent to output delivered", None)
-    overhead_ms: float | None = column("calibrated cost of that path for this image", None)
-    psnr_db: float | None = column("PSNR (RGB); repeat 0 only", None)
-    ssim: float | None = column("SSIM (RGB); repeat 0 only, when asked for", None)
-    psnr_y_db: float | None = column("PSNR on the Y channel; repeat 0 only", None)
-    ssim_y: float | None = column("SSIM on the Y channel; repeat 0 only, when asked for", None)
+    repeat: int = column("timed pass, from 0", unit="index (from 0)")
+    latency_ms: float = column("the call's latency (CUDA events, or the CPU clock)", unit="ms")
+    wall_ms: float = column("host clock around the synchronised call", unit="ms")
+    lr_height: int = column("LR input height", unit="px")
+    lr_width: int = column("LR input width", unit="px")
+    external_ms: float | None = column("the evaluator's clock: request sent to output delivered", None, unit="ms")
+    overhead_ms: float | None = column("calibrated cost of that path for this image", None, unit="ms")
+    psnr_db: float | None = column("PSNR (RGB); repeat 0 only", None, unit="dB")
+    ssim: float | None = column("SSIM (RGB); repeat 0 only, when asked for", None, unit="unitless (<= 1)")
+    psnr_y_db: float | None = column("PSNR on the Y channel; repeat 0 only", None, unit="dB")
+    ssim_y: float | None = column("SSIM on the Y channel; repeat 0 only, when asked for", None, unit="unitless (<= 1)")
 
 
 @dataclass(frozen=True)
@@ -253,17 +265,20 @@ def arrow_schema(row_type: type) -> pa.Schema:
 # --- rankings, run.json, ledger.json: specified column by column (key by key) -----------------------
 
 _PLACEHOLDER = re.compile(r"<[a-z]+>")
+NO_UNIT = "–"
 
 
 @dataclass(frozen=True)
 class Column:
     """A column (or JSON key) specified by name: ``<metric>`` / ``<track>`` in a name stand for each
-    of a protocol's metric / track names; ``type`` is the Parquet (or JSON) type."""
+    of a protocol's metric / track names; ``type`` is the Parquet (or JSON) type; ``unit`` as for
+    :func:`column` (None for text, booleans and JSON structures)."""
 
     name: str
     type: str
     nullable: bool
     meaning: str
+    unit: str | None = None
 
     def matches(self, name: str) -> bool:
         pattern = ".+".join(re.escape(part) for part in _PLACEHOLDER.split(self.name))
@@ -297,22 +312,28 @@ RANKINGS_COLUMNS: tuple[Column, ...] = (
     Column("baseline_check", "string", False, "what was compared against the published figures"),
     Column("gate_pass", "bool", False, "passes every PSNR gate"),
     Column("gate_reason", "string", False, "each gate's comparison, dB"),
-    Column("val_psnr_db", "double", True, "PSNR on the split of the valid role"),
-    Column("test_psnr_db", "double", True, "PSNR on the split of the test role"),
-    Column("<metric>", "double", True, "the metric's value (unit in its name; a `splits` metric combines the "
-                                       "valid and test roles as the protocol says)"),
-    Column("val_<metric>", "double", True, "a `splits` metric on the split of the valid role"),
-    Column("test_<metric>", "double", True, "a `splits` metric on the split of the test role"),
-    Column("metric_rank_<metric>", "int64", True, "the row's rank on that metric among rows ranked"),
-    Column("metric_score_<metric>", "double", True, "exp-ratio score of the metric, exp(factor * m / m_baseline)"),
-    Column("score_<track>", "double", True, "the track's score (rank sum or weighted exp-ratio sum)"),
-    Column("rank_<track>", "int64", True, "the track's rank; null when not ranked in it"),
-    Column("<metric>_ci_low", "double", True, "bootstrap interval of a runtime metric, lower end (same unit)"),
-    Column("<metric>_ci_high", "double", True, "its upper end"),
-    Column("score_<track>_ci_low", "double", True, "bootstrap interval of the track's score, lower end"),
-    Column("score_<track>_ci_high", "double", True, "its upper end"),
-    Column("rank_<track>_ci_low", "int64", True, "bootstrap interval of the track's rank, best end"),
-    Column("rank_<track>_ci_high", "int64", True, "its worst end"),
+    Column("val_psnr_db", "double", True, "PSNR on the split of the valid role", "dB"),
+    Column("test_psnr_db", "double", True, "PSNR on the split of the test role", "dB"),
+    Column("<metric>", "double", True, "the metric's value (a `splits` metric combines the valid and test roles "
+                                       "as the protocol says)", "the source column's (`_ms`: ms, `_mb`: MiB)"),
+    Column("params", "int64", True, "the `params` metric: `submissions.params`", "count"),
+    Column("flops", "int64", True, "the `flops` metric: `submissions.flops_fvcore` (ntire2022 rules: "
+                                   "`flops_hook_2022`), the challenge's \"FLOPs\"", "MACs"),
+    Column("activations", "int64", True, "the `activations` metric: `submissions.activations`", "count"),
+    Column("num_conv", "int64", True, "the `num_conv` metric: `submissions.num_conv`", "count"),
+    Column("val_<metric>", "double", True, "a `splits` metric on the split of the valid role", "as `<metric>`"),
+    Column("test_<metric>", "double", True, "a `splits` metric on the split of the test role", "as `<metric>`"),
+    Column("metric_rank_<metric>", "int64", True, "the row's rank on that metric among rows ranked", "rank"),
+    Column("metric_score_<metric>", "double", True, "exp-ratio score of the metric, exp(factor * m / m_baseline)",
+           "unitless"),
+    Column("score_<track>", "double", True, "the track's score (rank sum or weighted exp-ratio sum)", "unitless"),
+    Column("rank_<track>", "int64", True, "the track's rank; null when not ranked in it", "rank"),
+    Column("<metric>_ci_low", "double", True, "bootstrap interval of a runtime metric, lower end", "as `<metric>`"),
+    Column("<metric>_ci_high", "double", True, "its upper end", "as `<metric>`"),
+    Column("score_<track>_ci_low", "double", True, "bootstrap interval of the track's score, lower end", "unitless"),
+    Column("score_<track>_ci_high", "double", True, "its upper end", "unitless"),
+    Column("rank_<track>_ci_low", "int64", True, "bootstrap interval of the track's rank, best end", "rank"),
+    Column("rank_<track>_ci_high", "int64", True, "its worst end", "rank"),
     Column("tied_with_<track>", "string", True, "comma-separated submission_ids whose rank intervals overlap "
                                                 "(empty: none; null: not ranked or no samples)"),
     Column("excluded_reason", "string", True, "why the row is not ranked in some track; null when ranked in all"),
@@ -336,26 +357,39 @@ RUN_JSON_DOC = ("Provenance of a run, written by the driver at its start and rew
                 "by the tests' synthetic-run writer may hold other keys.")
 RUN_JSON_KEYS: tuple[Column, ...] = (
     Column("run_id", "string", False, "the run"),
-    Column("created_unix_s", "number", False, "when the driver started the run, Unix time"),
+    Column("created_unix_s", "number", False, "when the driver started the run", "s (Unix time, UTC)"),
     Column("driver", "string", False, "`in-process` (`esr-eval evaluate`) or `ray`"),
     Column("driver_host", "string", False, "host of the driver"),
     Column("device", "string", False, "device the submissions ran on: `cpu`, `cuda`, `cuda:N`"),
     Column("timing_protocol", "object", False, "the timing protocol: `id` and every setting"),
     Column("splits", "array", False, "per split: `name`, `scale`, `num_images`, `sha256` at the start"),
     Column("submissions", "array", False, "submission_ids asked for"),
-    Column("environment", "object", False, "library versions and the esr-eval git sha (`esr_eval.provenance`)"),
+    Column("environment", "object", False, "library versions and the esr-eval git sha (`esr_eval.provenance`), "
+                                           "keys below"),
+    Column("environment.esr_eval_version", "string", True, "esr-eval's package version"),
+    Column("environment.esr_eval_git_sha", "string", True, "esr-eval's git commit"),
+    Column("environment.esr_eval_git_dirty", "boolean", True, "esr-eval's source differs from that commit"),
+    Column("environment.python", "string", False, "Python version"),
+    Column("environment.torch", "string", False, "torch version"),
+    Column("environment.cuda", "string", True, "CUDA version torch was built with; null for a CPU build"),
+    Column("environment.cudnn", "number", True, "cuDNN version as torch reports it", "version (90100 = 9.1.0)"),
+    Column("environment.nvidia_driver", "string", True, "NVIDIA driver version; null without a GPU"),
+    Column("environment.ray", "string", True, "Ray version; null when not installed"),
+    Column("environment.numpy", "string", True, "numpy version"),
+    Column("environment.fvcore", "string", True, "fvcore version"),
+    Column("environment.platform", "string", False, "operating system and machine (`platform.platform()`)"),
     Column("ledger", "string", False, "`ledger.json`: the run keeps a ledger (so a deleted one reads as tampering)"),
     Column("ray_address", "string", True, "Ray cluster connected to (ray driver)"),
     Column("ray_address_source", "string", True, "why that address"),
     Column("device_requested", "string", True, "`--device` as given"),
-    Column("gpus_required", "number", True, "GPUs the run waited for"),
+    Column("gpus_required", "number", True, "GPUs the run waited for", "count"),
     Column("device_kinds_measured", "array", True, "device kinds of the submission rows, at the end"),
     Column("scheduling", "string", True, "`gpu` or `cpu` actors"),
-    Column("slots", "number", True, "actors run at once, at the end"),
+    Column("slots", "number", True, "actors run at once, at the end", "count"),
     Column("gpu_models", "array", True, "GPU models of the cluster"),
     Column("allow_mixed_gpus", "boolean", True, "`--allow-mixed-gpus`"),
     Column("gpu_model_pinned", "string", True, "`--gpu-model`"),
-    Column("makespan_s", "number", True, "wall time of the measuring"),
+    Column("makespan_s", "number", True, "wall time of the measuring", "s"),
     Column("skipped_as_complete", "array", True, "submission_ids kept from an earlier attempt of the run"),
     Column("splits_verified_at_end", "object", True, "the split files re-hashed at the end: `checked_at_unix_s`, "
                                                      "`ok`, `changed` (name, sha256_start, sha256_end, error)"),
@@ -395,19 +429,30 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]], left: I
 
 
 def _spec_section(title: str, doc: str, spec: Sequence[Column], what: str = "column") -> list[str]:
-    rows = [(f"`{c.name}`", c.type, "yes" if c.nullable else "no", c.meaning) for c in spec]
-    return [f"## {title}", "", doc, "", markdown_table((what, "type", "nullable", "meaning"), rows, (0, 1, 2, 3)), ""]
+    rows = [(f"`{c.name}`", c.type, c.unit or NO_UNIT, "yes" if c.nullable else "no", c.meaning) for c in spec]
+    header = (what, "type", "unit", "nullable", "meaning")
+    return [f"## {title}", "", doc, "", markdown_table(header, rows, range(len(header))), ""]
+
+
+def table_columns(table: str) -> tuple[Column, ...]:
+    """The columns of one of the driver's :data:`TABLES`, from its row dataclass (name, Parquet type, unit, meaning)."""
+    row_type = TABLES[table]
+    return tuple(Column(f.name, str(f.type), f.nullable, field_.metadata["meaning"], field_.metadata["unit"])
+                 for f, field_ in zip(arrow_schema(row_type), fields(row_type)))
 
 
 def schema_markdown() -> str:
     """The reference of everything a run folder holds (docs/SCHEMA.md), generated from the definitions above."""
     lines = ["# Run folder schema", "",
              "Generated by `esr_eval.records.schema_markdown()` from `esr_eval/records.py`, the single definition.",
+             "",
+             "Units: `ms` milliseconds; `s` seconds; `dB` decibels; `px` pixels; `MiB (2^20 B)` mebibytes of "
+             "1,048,576 bytes (columns named `_mb` hold MiB, as the challenge's \"Mem [MB]\" does); `MACs` "
+             "multiply-accumulate operations, one multiply-add counted once (what the challenges call FLOPs); "
+             f"`count` a number of things; `rank` 1 = best; `{NO_UNIT}` text, boolean or JSON, no unit.",
              ""]
     for table, row_type in TABLES.items():
-        spec = [Column(f.name, str(f.type), f.nullable, field_.metadata["meaning"])
-                for f, field_ in zip(arrow_schema(row_type), fields(row_type))]
-        lines += _spec_section(f"`{table}`", row_type.__doc__.strip(), spec)
+        lines += _spec_section(f"`{table}`", row_type.__doc__.strip(), table_columns(table))
     lines += _spec_section(f"`{RANKINGS}`", RANKINGS_DOC, RANKINGS_COLUMNS)
     lines += _spec_section(f"`{RANKINGS}` Parquet metadata", "What the rankings were made from.",
                            RANKINGS_METADATA, "key")
@@ -548,7 +593,10 @@ class StoredRankings:
 
 
 def read_rankings(run_dir: Path) -> StoredRankings | None:
-    """The run's ``rankings/``; None when there is none or it is not a Parquet file."""
+    """The run's ``rankings/``; None when there is none or it is not a Parquet file. Integer columns
+    (ranks, counts) are read as pandas' nullable ``Int64``, whatever dtype the frame written had."""
+    import pandas as pd
+
     path = Path(run_dir) / RANKINGS / RANKINGS_PART_NAME
     try:
         arrow = _arrow([path.read_bytes()])
@@ -556,7 +604,7 @@ def read_rankings(run_dir: Path) -> StoredRankings | None:
         return None
     keys = {c.name for c in RANKINGS_METADATA}
     metadata = {k.decode(): v.decode() for k, v in (arrow.schema.metadata or {}).items() if k.decode() in keys}
-    return StoredRankings(arrow.to_pandas(), metadata)
+    return StoredRankings(arrow.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get), metadata)
 
 
 def run_sha256(run_dir: Path) -> str:

@@ -101,9 +101,11 @@ def check_trace(archive: bytes, real_input: np.ndarray, real_output_u8: np.ndarr
 
 
 def checkpoint_float_elements(sub: Submission) -> int | None:
-    """Floating elements of the checkpoint's state dict as the evaluator extracts it (weights only)."""
+    """Floating elements of the checkpoint's state dict as the evaluator extracts it (weights only);
+    None when unknown: a fully unpickled checkpoint, an unreadable one, or weights an ``after_load``
+    call reads from its own file."""
     if sub.checkpoint is None:
-        return 0
+        return None if any(call.path is not None for call in sub.after_load) else 0
     if sub.trusted_pickle:
         return None
     try:

@@ -4,22 +4,32 @@ Contract
 - ``write_report(run_dir, protocol, out_dir=None) -> ReportPaths`` takes the run's rankings under the
   protocol from ``<run_dir>/rankings`` when they were made by the same rules from the run as it is
   now, and ranks again only otherwise (``esr_eval.ranking.rankings_for``; nothing written to the
-  run), so the report never disagrees with ``rankings/``. It writes to ``out_dir`` (default
-  ``<run_dir>/report``):
+  run), so the report never disagrees with ``rankings/``. It writes to ``out_dir``, by default
+  ``report_dir(run_dir, protocol)``: ``<run_dir>/report``, or ``<run_dir>/report-<rules name>`` when
+  ``rankings/`` holds a ranking by other rules (its metadata names them), so that a report by other
+  rules never replaces the report of the run's own ranking:
   * ``report.html`` from the template ``esr_eval/templates/report.html`` (Jinja2, every value
     escaped): CSS inline, plots embedded as base64 PNG, no external resource;
   * ``report.md`` with the PNG files beside it (``psnr_vs_runtime.png``, ``scores_<track>.png``);
     its tables through ``esr_eval.records.markdown_table`` (pandas).
+- Under the title, one line (``header_line``): the hardware (GPU model, or CPU model and threads,
+  from the submission rows, else what ``run.json`` says), the esr-eval version and git commit of the
+  run (``run.json`` ``environment``), the date the run started (UTC) and the rules (name, version).
 - Sections: summary of the rules and of the baseline taken (which submission, identity match or
   explicit, what was verified); the challenge's results table (team, method, val/test PSNR,
   val/test/average runtime, params [M], FLOPs [G], activations [M], memory [MB], #conv, each
-  ranked metric and track score with its rank in parentheses); one ranking per track with 95 %
+  ranked metric and track score with its rank in parentheses; when the valid and test roles are one
+  split, one PSNR column named by that split and no per-role runtimes); one ranking per track with 95 %
   bootstrap intervals and statistically tied neighbours; entries not ranked with their reasons;
   provenance from ``run.json`` and the protocol.
-- Plots (matplotlib, no pyplot state): PSNR vs average runtime per role with the Pareto front of
-  ranked entries and the gate line; one bar chart of scores per track with interval whiskers.
-  matplotlib is the optional extra ``esr-eval[report]``: without it the report has every table
-  and says, where each plot would be, that plots need it (``PLOTS_MISSING``).
+- Plots (matplotlib figures with their own Agg canvas, never pyplot's figure state), saved at
+  ``PLOT_DPI`` (200): PSNR vs average runtime, one panel per distinct split (one above the other),
+  with the Pareto front of ranked entries and the gate line, every measured entry labelled (moved
+  apart by adjustText in a fixed number of iterations, inside the axes, so no label overlaps another
+  or leaves the figure; an entry off the axes is drawn clipped at the edge and labelled with its
+  values); one bar chart of scores per track with interval whiskers. Legends sit outside the axes.
+  matplotlib and adjustText are the optional extra ``esr-eval[report]``: without them the report
+  has every table and says, where each plot would be, that plots need them (``PLOTS_MISSING``).
 - Integrity (``esr_eval.records.verify_run``): only the part files the run's ledger records and
   verifies are read. A tampered run's report starts with the line ``TAMPERED RUN: <findings>``, a
   run whose split files changed mid-run with ``SPLIT CHANGED MID-RUN: ...``, a run without ledger
@@ -34,12 +44,14 @@ and say so in a note on the plot.
 from __future__ import annotations
 
 import base64
+import datetime
 import functools
 import importlib.util
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import jinja2
 import numpy as np
@@ -47,15 +59,22 @@ import pandas as pd
 
 from esr_eval.protocols import PSNR_COLUMN_BY_ROLE, RankingProtocol, load_protocol
 from esr_eval.ranking import ROLE_PREFIX, baseline_summary, gate_thresholds, rankings_for, runtime_metric_names
-from esr_eval.records import markdown_table, read_run
+from esr_eval.records import markdown_table, read_rankings, read_run
 
 MISSING = "–"
 # PSNR-vs-runtime axes: points further than this below the ranked entries / gate, or further off
 # in runtime, are drawn clipped at the edge with their values written beside them.
 FOCUS_MARGIN_DB = 0.4
 FOCUS_RUNTIME_FACTOR = 3.0
-MAX_CLIPPED_LABELS = 6
 MAX_NONFINITE_LINES = 3  # non-finite points listed under a PSNR-vs-runtime panel
+PLOT_DPI = 200
+PANEL_IN = (6.4, 5.4)  # one PSNR-vs-runtime panel, inches (width, height)
+LEGEND_IN = 1.9  # room for the legend right of the panels, inches
+SCORES_WIDTH_IN, SCORES_ROW_IN = 6.4, 0.22  # score bar charts: width, height per entry, inches
+LABEL_FONT_PT = 7.5
+MAX_MINOR_LABEL_DECADES = 3
+LABEL_ITERATIONS = 400  # adjustText iterations: a fixed count, never a time limit, so plots are reproducible
+POINT_LABEL_GID = "point-label"
 
 
 @dataclass(frozen=True)
@@ -107,17 +126,22 @@ def _score_decimals(protocol: RankingProtocol, track_name: str) -> int:
 
 
 def _results_table(rankings: pd.DataFrame, protocol: RankingProtocol) -> _Table:
+    """One row per submission. When the valid and test roles are one split, one PSNR column names
+    that split and the per-role runtimes are left out (the runtime metric's column is that split's)."""
     psnr_decimals = 2 if protocol.gate_rounding == "2dp" else 4
     main = f"rank_{protocol.main_track}"
-    runtime_metrics = [m for m in protocol.metrics if m.name in runtime_metric_names(protocol)]
-    header = ["Rank", "Team", "Method", "Val PSNR [dB]", "Test PSNR [dB]"]
+    one_split = protocol.split_for("valid") == protocol.split_for("test")
+    roles = ("valid",) if one_split else ("valid", "test")
+    runtime_metrics = [] if one_split else [m for m in protocol.metrics if m.name in runtime_metric_names(protocol)]
+    header = ["Rank", "Team", "Method"]
+    header += [f"PSNR [dB] ({protocol.split_for('valid')})"] if one_split else ["Val PSNR [dB]", "Test PSNR [dB]"]
     header += [f"{label} Runtime [ms]" for m in runtime_metrics for label in ("Val", "Test")]
     header += [m.label for m in protocol.metrics]
     header += [f"Score {t.name} ({t.formula})" for t in protocol.tracks]
     rows, classes = [], []
     for _, row in rankings.iterrows():
         cells = [_fmt(row[main], 0), str(row["team_id"]), str(row["name"])]
-        cells += [_fmt(row.get(PSNR_COLUMN_BY_ROLE[role]), psnr_decimals) for role in ("valid", "test")]
+        cells += [_fmt(row.get(PSNR_COLUMN_BY_ROLE[role]), psnr_decimals) for role in roles]
         cells += [
             _fmt(row.get(f"{ROLE_PREFIX[r]}_{m.name}"), m.decimals) for m in runtime_metrics for r in ("valid", "test")
         ]
@@ -236,6 +260,66 @@ def _flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
     return [(prefix.rstrip("."), str(value))]
 
 
+def _hardware(submissions: pd.DataFrame, run_info: Mapping[str, Any]) -> str:
+    """What the submissions ran on: each GPU model (with the number of GPUs where several) or CPU
+    model (with the thread count) of the submission rows; else what run.json says."""
+    columns = ["device_kind", "device_name", "gpu_uuid", "torch_num_threads"]
+    rows = submissions.reindex(columns=columns)
+    rows = rows[rows["device_name"].notna()]
+    parts = []
+    for (kind, name), group in rows.groupby(["device_kind", "device_name"], dropna=False, sort=True):
+        if kind == "cuda":
+            gpus = group["gpu_uuid"].dropna().nunique()
+            parts.append(f"GPU {name}" + (f" (x{gpus})" if gpus > 1 else ""))
+        elif kind == "cpu":
+            threads = "/".join(str(int(n)) for n in sorted(group["torch_num_threads"].dropna().unique()))
+            parts.append(f"CPU {name}" + (f", {threads} threads" if threads else ""))
+        else:
+            parts.append(str(name))
+    if parts:
+        return "; ".join(parts)
+    if run_info.get("gpu_models"):
+        return "GPU " + ", ".join(str(model) for model in run_info["gpu_models"])
+    device = run_info.get("device")
+    return f"{device} (model not recorded)" if isinstance(device, str) and device else "not recorded"
+
+
+def _run_date(submissions: pd.DataFrame, run_info: Mapping[str, Any]) -> str:
+    started = run_info.get("created_unix_s")
+    if not isinstance(started, (int, float)) and "started_at_unix_s" in submissions:
+        started = submissions["started_at_unix_s"].min()
+    if not isinstance(started, (int, float)) or pd.isna(started):
+        return "date not recorded"
+    return datetime.datetime.fromtimestamp(float(started), datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _esr_eval_version(run_info: Mapping[str, Any]) -> str:
+    environment = run_info.get("environment")
+    environment = environment if isinstance(environment, dict) else {}
+    version = environment.get("esr_eval_version") or "(version not recorded)"
+    sha = environment.get("esr_eval_git_sha")
+    git = f"git {sha[:10]}" + (", uncommitted changes" if environment.get("esr_eval_git_dirty") else "") if sha else ""
+    return f"esr-eval {version}" + (f" ({git})" if git else "")
+
+
+def header_line(submissions: pd.DataFrame, run_info: Mapping[str, Any], protocol: RankingProtocol) -> str:
+    """The line under the report's title: hardware, esr-eval version, date of the run and rules."""
+    return (f"Hardware: {_hardware(submissions, run_info)} · {_esr_eval_version(run_info)} · "
+            f"run of {_run_date(submissions, run_info)} · rules {protocol.name}, version {protocol.version}")
+
+
+def report_dir(run_dir: str | Path, protocol: RankingProtocol) -> Path:
+    """Where a run's report goes by default: ``<run>/report``, or ``<run>/report-<rules>`` when the
+    run's ``rankings/`` holds a ranking by other rules (its metadata names them), so that such a
+    report never replaces the report of the run's own ranking."""
+    run_dir = Path(run_dir)
+    stored = read_rankings(run_dir)
+    stored_rules = stored.metadata.get("esr_eval.protocol") if stored is not None else None
+    if stored_rules in (None, protocol.name):
+        return run_dir / "report"
+    return run_dir / f"report-{re.sub(r'[^A-Za-z0-9._-]+', '-', protocol.name).strip('-.') or 'rules'}"
+
+
 def _provenance_table(run_info: dict, protocol: RankingProtocol, rankings: pd.DataFrame) -> _Table:
     confidence = protocol.confidence
     rules = [
@@ -278,14 +362,19 @@ def _focus_limits(
     return (x.min() / 1.15, x.max() * 1.15), (low_db - pad_db, high_db + pad_db)
 
 
-PLOTS_MISSING = "Plot omitted: matplotlib is not installed (pip install 'esr-eval[report]')."
+PLOT_PACKAGES = ("matplotlib", "adjustText")
+PLOTS_MISSING = "Plot omitted: matplotlib or adjustText is not installed (pip install 'esr-eval[report]')."
 
 
 def _plain_log_ticks(axis: Any) -> None:
-    """Log-axis tick labels as plain numbers: every decade, and minor ticks at 2x and 5x only."""
+    """Log-axis tick labels as plain numbers: every decade, and minor ticks at 2x and 5x only while
+    the axis spans at most MAX_MINOR_LABEL_DECADES decades (beyond, they would run into each other)."""
     from matplotlib.ticker import FuncFormatter
 
     def minor(value: float, _: int) -> str:
+        low, high = sorted(axis.get_view_interval())
+        if low <= 0 or np.log10(high / low) > MAX_MINOR_LABEL_DECADES:
+            return ""
         mantissa = round(value / 10 ** np.floor(np.log10(value))) if value > 0 else 0
         return f"{value:g}" if mantissa in (2, 5) else ""
 
@@ -293,20 +382,62 @@ def _plain_log_ticks(axis: Any) -> None:
     axis.set_minor_formatter(FuncFormatter(minor))
 
 
-def _plot_psnr_vs_runtime(rankings: pd.DataFrame, protocol: RankingProtocol, path: Path) -> None:
+def _new_figure(size_in: tuple[float, float]) -> Any:
+    """A constrained-layout figure with its own Agg canvas (no pyplot state), at PLOT_DPI."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    figure = Figure(figsize=size_in, dpi=PLOT_DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _label_points(axes: Any, labels: list[tuple[float, float, str]], x_points: np.ndarray,
+                  y_points: np.ndarray) -> None:
+    """Write each (x, y, text) beside its point (gid POINT_LABEL_GID), then move the labels apart
+    with adjustText (a fixed number of iterations, so the same input gives the same plot), off the
+    points, inside the axes and joined to their point by a thin line where moved."""
+    from adjustText import adjust_text
+
+    texts = []
+    for x, y, text in labels:
+        label = axes.text(x, y, text, fontsize=LABEL_FONT_PT, color="#1a202c", gid=POINT_LABEL_GID, zorder=5)
+        label.set_in_layout(False)  # inside the axes by construction: the layout need not make room
+        texts.append(label)
+    if texts:
+        adjust_text(texts, x=x_points, y=y_points, ax=axes, iter_lim=LABEL_ITERATIONS, ensure_inside_axes=True,
+                    expand=(1.15, 1.35), arrowprops=dict(arrowstyle="-", color="#718096", lw=0.5))
+
+
+def _legend_outside(figure: Any, axes_list: list[Any], where: str) -> None:
+    """One legend for the figure, outside every axes (``where``: a constrained-layout "outside ..."
+    location), each label once."""
+    entries: dict[str, Any] = {}
+    for axes in axes_list:
+        for handle, label in zip(*axes.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if entries:
+        figure.legend(list(entries.values()), list(entries), loc=where, fontsize=8, frameon=False)
+
+
+def psnr_runtime_figure(rankings: pd.DataFrame, protocol: RankingProtocol) -> Any:
+    """The PSNR-vs-runtime figure (one panel per distinct split of the valid and test roles, one above
+    the other, so that each has the page's width): every
+    measured entry labelled with its name (those drawn clipped at the edge also with their values),
+    the Pareto front of ranked entries, the gate line, the legend outside the axes."""
     runtime_metric = next(m for m in protocol.metrics if m.name in runtime_metric_names(protocol))
     roles = ("valid",) if protocol.split_for("valid") == protocol.split_for("test") else ("valid", "test")
     thresholds = {g.role: g for g in gate_thresholds(rankings, protocol)}
-    figure = Figure(figsize=(6.2 * len(roles), 5.0), dpi=110, layout="constrained")
+    figure = _new_figure((PANEL_IN[0] + LEGEND_IN, PANEL_IN[1] * len(roles)))
     role_of = rankings["role"].to_numpy()
     ranked = rankings[f"rank_{protocol.main_track}"].notna().to_numpy()
-    runtime_ms = rankings[runtime_metric.name].to_numpy(dtype="float64")
+    runtime_ms = rankings[runtime_metric.name].to_numpy(dtype="float64", na_value=np.nan)
     names = rankings["name"].astype(str).to_numpy()
+    panels, to_label = [], []
     for k, role in enumerate(roles):
-        axes = figure.add_subplot(1, len(roles), k + 1)
-        psnr_db = rankings[PSNR_COLUMN_BY_ROLE[role]].to_numpy(dtype="float64")
+        axes = figure.add_subplot(len(roles), 1, k + 1)
+        panels.append(axes)
+        psnr_db = rankings[PSNR_COLUMN_BY_ROLE[role]].to_numpy(dtype="float64", na_value=np.nan)
         measured = ~np.isnan(psnr_db) & ~np.isnan(runtime_ms) & (runtime_ms > 0)
         present = measured & np.isfinite(psnr_db) & np.isfinite(runtime_ms)  # what sets the axis limits
         nonfinite = np.flatnonzero(measured & ~present)
@@ -339,56 +470,57 @@ def _plot_psnr_vs_runtime(rankings: pd.DataFrame, protocol: RankingProtocol, pat
                 axes.scatter(runtime_ms[mask & inside], psnr_db[mask & inside], label=label, **style)
         x_edges, y_edges = (x_lo * 1.04, x_hi / 1.04), (y_lo + 0.01 * (y_hi - y_lo), y_hi - 0.01 * (y_hi - y_lo))
         outside = np.flatnonzero(measured & ~inside)  # off the focus, or non-finite
+        x_drawn, y_drawn = runtime_ms.copy(), psnr_db.copy()
+        x_drawn[outside] = np.clip(runtime_ms[outside], *x_edges)
+        y_drawn[outside] = np.clip(psnr_db[outside], *y_edges)
         if len(outside):
-            x_edge = np.clip(runtime_ms[outside], *x_edges)
-            y_edge = np.clip(psnr_db[outside], *y_edges)
-            axes.scatter(x_edge, y_edge, marker="v", facecolors="none", edgecolors="#718096", s=36,
-                         label="off axes (clipped)")
-            for i, x, y in zip(outside[:MAX_CLIPPED_LABELS], x_edge, y_edge):
-                axes.annotate(f"{names[i]} ({runtime_ms[i]:.2f} ms, {psnr_db[i]:.2f} dB)", (x, y), fontsize=7,
-                              color="#4a5568", xytext=(5, 4), textcoords="offset points")
+            axes.scatter(x_drawn[outside], y_drawn[outside], marker="v", facecolors="none", edgecolors="#718096",
+                         s=36, label="off axes (clipped)")
+        labels = [(x_drawn[i], y_drawn[i], names[i]) for i in np.flatnonzero(inside)]
+        labels += [(x_drawn[i], y_drawn[i], f"{names[i]} ({_fmt(runtime_ms[i], 2)} ms, {_fmt(psnr_db[i], 2)} dB)")
+                   for i in outside]
         candidates = np.flatnonzero(ranked & measured)
         if len(candidates):
             front = candidates[pareto_front(runtime_ms[candidates], psnr_db[candidates])]
-            # a non-finite point of the front is drawn at the edge, as its marker
-            x_front = np.where(np.isfinite(runtime_ms[front]), runtime_ms[front], np.clip(runtime_ms[front], *x_edges))
-            y_front = np.where(np.isfinite(psnr_db[front]), psnr_db[front], np.clip(psnr_db[front], *y_edges))
-            axes.step(x_front, y_front, where="post", color="#c53030", lw=1.2, label="Pareto front")
-            for i, x, y in zip(front, x_front, y_front):
-                if inside[i]:  # those outside are labelled with their values above
-                    axes.annotate(names[i], (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+            axes.step(x_drawn[front], y_drawn[front], where="post", color="#c53030", lw=1.2, label="Pareto front")
         if not np.isnan(gate_db):
             axes.axhline(gate_db, color="#718096", ls="--", lw=1,
-                         label=f"gate {gate_db:.2f} dB ({protocol.gate_rounding})")
+                         label=f"{role} gate {gate_db:.2f} dB ({protocol.gate_rounding})")
         axes.set_xscale("log")
         _plain_log_ticks(axes.xaxis)
         axes.set_xlim(x_lo, x_hi)
         axes.set_ylim(y_lo, y_hi)
         axes.set_xlabel(f"{runtime_metric.label} (log scale){note}")
-        axes.set_ylabel(f"{role} PSNR [dB] ({protocol.split_for(role)})")
-        axes.set_title(f"{role.capitalize()} PSNR vs runtime")
+        axes.set_ylabel(f"{role + ' ' if len(roles) > 1 else ''}PSNR [dB] ({protocol.split_for(role)})")
+        axes.set_title(f"{role.capitalize()} PSNR vs runtime" if len(roles) > 1 else "PSNR vs runtime")
         axes.grid(True, which="both", alpha=0.25)
-        axes.legend(fontsize=8, loc="best")
-    figure.savefig(path, metadata={"Software": None})
+        shown = np.flatnonzero(measured)
+        to_label.append((axes, labels, x_drawn[shown], y_drawn[shown]))
+    _legend_outside(figure, panels, "outside right upper")
+    figure.draw_without_rendering()  # the layout, legend included, is final before the labels are placed
+    for axes, labels, x_points, y_points in to_label:
+        _label_points(axes, labels, x_points, y_points)
+    return figure
 
 
-def _plot_scores(rankings: pd.DataFrame, protocol: RankingProtocol, track_name: str, path: Path) -> None:
-    from matplotlib.figure import Figure
-
+def scores_figure(rankings: pd.DataFrame, protocol: RankingProtocol, track_name: str) -> Any:
+    """One track's scores as horizontal bars (best on top) with interval whiskers and the baseline's
+    score as a dashed line; the legend below the axes, off the bars."""
     track = protocol.track(track_name)
     ranked = rankings[rankings[f"rank_{track_name}"].notna()].sort_values(f"rank_{track_name}", kind="stable")
-    figure = Figure(figsize=(5.6, 1.2 + 0.2 * max(len(ranked), 1)), dpi=110, layout="constrained")
+    figure = _new_figure((SCORES_WIDTH_IN, 1.6 + SCORES_ROW_IN * max(len(ranked), 1)))
     axes = figure.add_subplot(1, 1, 1)
-    score = ranked[f"score_{track_name}"].to_numpy(dtype="float64")
-    low = ranked[f"score_{track_name}_ci_low"].to_numpy(dtype="float64")
-    high = ranked[f"score_{track_name}_ci_high"].to_numpy(dtype="float64")
+    score = ranked[f"score_{track_name}"].to_numpy(dtype="float64", na_value=np.nan)
+    low = ranked[f"score_{track_name}_ci_low"].to_numpy(dtype="float64", na_value=np.nan)
+    high = ranked[f"score_{track_name}_ci_high"].to_numpy(dtype="float64", na_value=np.nan)
     y = np.arange(len(ranked))
     finite = np.isfinite(score)  # a non-finite score gets no bar, its value written at the axis instead
     axes.barh(y[finite], score[finite], color="#4c78a8", height=0.7)
     whiskers = finite & np.isfinite(low) & np.isfinite(high)
     if whiskers.any():
         s, lo, hi = score[whiskers], low[whiskers], high[whiskers]
-        axes.errorbar(s, y[whiskers], xerr=[s - lo, hi - s], fmt="none", ecolor="#1a202c", lw=0.9, capsize=2)
+        axes.errorbar(s, y[whiskers], xerr=[s - lo, hi - s], fmt="none", ecolor="#1a202c", lw=0.9, capsize=2,
+                      label=f"{protocol.confidence.level:.0%} interval")
     for i in np.flatnonzero(~finite & ~np.isnan(score)):
         axes.text(0.01, y[i], f"score {_fmt(score[i], 4)} (non-finite, no bar)", transform=axes.get_yaxis_transform(),
                   va="center", fontsize=7, color="#c53030")
@@ -399,7 +531,6 @@ def _plot_scores(rankings: pd.DataFrame, protocol: RankingProtocol, track_name: 
     baseline = baseline[np.isfinite(baseline.to_numpy(dtype="float64"))]
     if len(baseline):
         axes.axvline(baseline.iloc[0], color="#d69e2e", ls="--", lw=1.2, label=f"baseline {baseline.iloc[0]:.4g}")
-        axes.legend(fontsize=8, loc="lower right")
     log_scale = track.formula == "exp_ratio" and bool((finite & (score > 0)).any())
     if log_scale:
         axes.set_xscale("log")
@@ -410,7 +541,13 @@ def _plot_scores(rankings: pd.DataFrame, protocol: RankingProtocol, track_name: 
     axes.set_xlabel(f"score ({track.formula}, lower is better{scale})")
     axes.set_title(track.title)
     axes.grid(True, axis="x", which="both", alpha=0.25)
-    figure.savefig(path, metadata={"Software": None})
+    _legend_outside(figure, [axes], "outside lower center")
+    return figure
+
+
+def _save(figure: Any, path: Path) -> Path:
+    figure.savefig(path, dpi=PLOT_DPI, metadata={"Software": None})
+    return path
 
 
 def _rules_note(rankings: pd.DataFrame, protocol: RankingProtocol) -> str:
@@ -470,16 +607,16 @@ def _page_template() -> jinja2.Template:
     return environment.get_template("report.html")
 
 
-def _render_html(title: str, sections: list[_Section], banner: str | None) -> str:
+def _render_html(title: str, header: str, sections: list[_Section], banner: str | None) -> str:
     views = [{"title": s.title, "note": s.note, "table": s.table,
               "image_base64": base64.b64encode(s.image.read_bytes()).decode("ascii") if s.image else None}
              for s in sections]
-    return _page_template().render(title=title, sections=views, banner=banner,
+    return _page_template().render(title=title, header=header, sections=views, banner=banner,
                                    banner_kind=banner.split(":")[0] if banner else None)
 
 
-def _render_markdown(title: str, sections: list[_Section]) -> str:
-    parts = [f"# {title}"]
+def _render_markdown(title: str, header: str, sections: list[_Section]) -> str:
+    parts = [f"# {title}", header]
     for section in sections:
         parts.append(f"## {section.title}")
         if section.note:
@@ -492,11 +629,10 @@ def _render_markdown(title: str, sections: list[_Section]) -> str:
 
 
 def _write_plots(rankings: pd.DataFrame, protocol: RankingProtocol, out_dir: Path) -> dict[str, Path]:
-    plots = {"psnr_vs_runtime": out_dir / "psnr_vs_runtime.png"}
-    _plot_psnr_vs_runtime(rankings, protocol, plots["psnr_vs_runtime"])
+    plots = {"psnr_vs_runtime": _save(psnr_runtime_figure(rankings, protocol), out_dir / "psnr_vs_runtime.png")}
     for track in protocol.tracks:
-        plots[f"scores_{track.name}"] = out_dir / f"scores_{track.name}.png"
-        _plot_scores(rankings, protocol, track.name, plots[f"scores_{track.name}"])
+        plots[f"scores_{track.name}"] = _save(scores_figure(rankings, protocol, track.name),
+                                              out_dir / f"scores_{track.name}.png")
     return plots
 
 
@@ -506,18 +642,19 @@ def write_report(
     """Write report.html, report.md and plots of ``run_dir``'s rankings under ``protocol`` (module doc)."""
     protocol = protocol if isinstance(protocol, RankingProtocol) else load_protocol(protocol)
     run_dir = Path(run_dir)
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
+    out_dir = Path(out_dir) if out_dir is not None else report_dir(run_dir, protocol)
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = read_run(run_dir)
     rankings = rankings_for(tables, protocol)
-    plots = _write_plots(rankings, protocol, out_dir) if importlib.util.find_spec("matplotlib") else {}
+    plots = _write_plots(rankings, protocol, out_dir) if all(map(importlib.util.find_spec, PLOT_PACKAGES)) else {}
     title = f"{protocol.name} results — run {tables.run_info.get('run_id', run_dir.name)}"
     integrity = tables.integrity
     run_info = {**tables.run_info, "integrity": integrity.summary()} if integrity is not None else tables.run_info
     sections = _sections(rankings, run_info, protocol, plots, tables.submissions, tables.splits)
     banner = integrity.banner() if integrity is not None else None  # tampered / split changed / unverified
-    markdown = _render_markdown(title, sections)
+    header = header_line(tables.submissions, tables.run_info, protocol)
+    markdown = _render_markdown(title, header, sections)
     paths = ReportPaths(out_dir / "report.html", out_dir / "report.md", tuple(plots.values()))
-    paths.html.write_text(_render_html(title, sections, banner), encoding="utf-8")
+    paths.html.write_text(_render_html(title, header, sections, banner), encoding="utf-8")
     paths.markdown.write_text(f"{banner}\n\n{markdown}" if banner else markdown, encoding="utf-8")
     return paths

@@ -10,10 +10,10 @@ Contract
   so a submission counts as done only once all its rows are on disk. Re-writing a submission
   replaces its parts; nothing else is touched, so a killed driver loses at most what was in
   flight.
-* A submission's *fingerprint* hashes its manifest, checkpoint, timing protocol and dataset
-  hashes; :meth:`RunFolder.completed` returns the fingerprints already finished (status ``ok``
-  or ``error``, measured on the run's device kind and GPU model; ``timeout``, ``startup_timeout``
-  and ``crashed`` are retried on resume).
+* A submission's *fingerprint* hashes its manifest, checkpoint, timing protocol and the hashes
+  of the splits at its scale; :meth:`RunFolder.completed` returns the fingerprints already
+  finished (status ``ok`` or ``error``, measured on the run's device kind and GPU model;
+  ``timeout``, ``startup_timeout`` and ``crashed`` are retried on resume).
 * Integrity: the folder keeps ``ledger.json`` (``esr_eval.records``, "Integrity"): every part file
   and ``run.json`` this writer puts there, with its sha256, size and time, rewritten atomically
   after each write from the copy held in memory (the authoritative one). A re-written submission's
@@ -79,11 +79,15 @@ def new_run_id() -> str:
 
 
 def fingerprint(sub: Submission, protocol_id: str, splits: list[Split]) -> str:
-    """What must match for an earlier result to stand: manifest, checkpoint, protocol, data."""
+    """What must match for an earlier result to stand: manifest, checkpoint, the files the after_load
+    calls read, protocol, and the data of the splits at the submission's scale (the only ones it is
+    measured on)."""
     checkpoint = sub.checkpoint_path
+    after_load_files = [(sub.root / call.path).resolve() for call in sub.after_load if call.path is not None]
     parts = [sub.manifest_sha256,
              file_sha256(checkpoint) if checkpoint is not None and checkpoint.is_file() else "no-checkpoint",
-             protocol_id, *sorted(f"{s.name}:{s.sha256}" for s in splits)]
+             *(file_sha256(path) if path.is_file() else f"missing:{path}" for path in after_load_files),
+             protocol_id, *sorted(f"{s.name}:{s.sha256}" for s in splits if s.scale == sub.scale)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 

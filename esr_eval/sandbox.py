@@ -26,6 +26,7 @@ nonce. What comes back is untrusted and checked by the caller.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import secrets
@@ -224,6 +225,13 @@ class Sandbox:
             raise SandboxError("the submission's process answered 'forward' without an output")
         timing = CallTiming(out[0], _number(reply, "latency_ms"), _number(reply, "wall_ms"), external_ms)
         return timing, reply, out[1:]
+
+    def finish(self, wait_s: float) -> None:
+        """Close the request pipe: the process leaves its request loop and exits as Python does,
+        flushing what the submission buffered; wait for it up to ``wait_s`` (then :meth:`close` kills it)."""
+        self._requests.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=wait_s)
 
     def close(self) -> None:
         """End the process (SIGKILL: it holds nothing to save) and remove its private folder."""

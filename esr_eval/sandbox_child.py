@@ -141,7 +141,7 @@ class _Child:
         info = loaded.info
         return dict(checkpoint_sha256=info.checkpoint_sha256, missing_keys=list(info.missing_keys),
                     unexpected_keys=list(info.unexpected_keys), cuda_calls_redirected=info.cuda_calls_redirected,
-                    trusted_pickle_used=info.trusted_pickle_used,
+                    trusted_pickle_used=info.trusted_pickle_used, after_load=list(info.after_load),
                     params_before_forward=sum(p.numel() for p in loaded.model.parameters())), []
 
     def complexity(self, header: dict, arrays):

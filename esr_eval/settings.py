@@ -48,7 +48,7 @@ PROTOCOLS.update({p.name: p for p in (OFFICIAL, DEFAULT)})
 def get_protocol(name: str, repeats: int | None = None, warmup_passes: int | None = None) -> TimingProtocol:
     """A protocol by name or id; overriding repeats/warm-up gives a ``custom`` variant, recorded as such."""
     if name not in PROTOCOLS:
-        raise ValueError(f"unknown timing protocol {name!r}; choose one of {sorted(PROTOCOLS)}")
+        raise ValueError(f"unknown timing protocol {name!r}. Fix: pass --timing with one of {', '.join(sorted(PROTOCOLS))}")
     base = PROTOCOLS[name]
     if repeats is None and warmup_passes is None:
         return base

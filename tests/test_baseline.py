@@ -209,7 +209,7 @@ def test_a_published_figure_must_be_a_measured_count(tmp_path: Path) -> None:
 # --- command line --------------------------------------------------------------------------------
 
 def test_rank_and_report_take_the_baseline_option(zoo_run: Path, capsys: pytest.CaptureFixture) -> None:
-    on_embedded = ["--protocol", "ntire2026", "--valid-split", "embedded", "--test-split", "embedded"]
+    on_embedded = ["--rules", "ntire2026", "--valid-split", "embedded", "--test-split", "embedded"]
     assert main(["rank", str(zoo_run), *on_embedded]) == 0
     assert "baseline: team04_SPAN (identity: name SPAN matches" in capsys.readouterr().out
     assert set(pd.read_parquet(zoo_run / "rankings")["baseline_submission_id"]) == {"team04_SPAN"}

@@ -242,3 +242,29 @@ def test_scale_driver_writes_its_record(tmp_path):
     markdown = out.with_suffix(".md").read_text()
     assert "**makespan / LPT ideal**" in markdown and "pd.read_parquet(run/samples)" in markdown
     assert completed.stdout.rstrip().endswith(markdown.rstrip())  # the table is printed last
+
+
+def test_summary_speed_writes_its_record(tmp_path):
+    out = tmp_path / "ss"
+    completed = _run("summary_speed.py", ["--count", "2", "--input", "1x3x16x16", "--jobs", "2", "--out", str(out)],
+                     tmp_path / "cache")
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["count"] == 2 and record["submission_ids"] == ["team00_RLFN", "team01_IMDN"]
+    assert record["numbers_identical"] and record["differences"] == []
+    old, new = record["runs"]
+    assert (old["path"], new["path"], old["errors"], new["errors"]) == ("old", "new", [], [])
+    assert record["speedup_per_run"] == [pytest.approx(old["wall_s"] / new["wall_s"])]
+    assert {row["submission_id"] for row in record["rows"]["new"]} == {"team00_RLFN", "team01_IMDN"}
+    assert record["machine"]["cpu_cores"] >= 1 and len(record["load_average_start"]) == 3
+    markdown = out.with_suffix(".md").read_text()
+    assert "numbers identical in both paths: True" in markdown
+    assert completed.stdout.rstrip().endswith(markdown.rstrip())  # the table is printed last
+
+
+def test_summary_speed_replicates_the_zoo_under_distinct_ids(tmp_path):
+    from esr_eval.manifest import discover_all
+
+    ids = _load("summary_speed").replicate_zoo(35, tmp_path)
+    subs, errors = discover_all(tmp_path, REPO_ROOT)
+    assert not errors and len(ids) == len(set(ids)) == len(subs) == 35
+    assert len({sub.team_id for sub in subs}) == 35 and "team00_RLFN" in ids

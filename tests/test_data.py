@@ -184,18 +184,127 @@ def test_folder_split_accepts_both_lr_namings_and_rejects_ambiguity(tmp_path):
     split = folder_split("pets", hr_dir, lr_dir, 4)
     assert {p.name: p.lr_path.name for p in split.pairs} == {"cat": "catx4.png", "dog": "dog.png"}
     _save_png(lr_dir / "cat.png", _random_rgb(2, 2, 0))
-    with pytest.raises(SplitError, match="both.*cat"):
+    with pytest.raises(SplitError, match=r"cat.png, catx4.png all have stem 'cat'.*\nFix: .*--lr-glob"):
         folder_split("pets", hr_dir, lr_dir, 4)
+
+
+def _pair_folders(tmp_path: Path, hr_names: list[str], lr_names: list[str], scale: int = 4,
+                  hr_px: tuple[int, int] = (24, 16)) -> tuple[Path, Path]:
+    """HR images of ``hr_px`` (HxW) and LR images 1/``scale`` of them, named as given (in that order)."""
+    hr_dir, lr_dir = tmp_path / "hr", tmp_path / "lr"
+    for seed, (hr_name, lr_name) in enumerate(zip(hr_names, lr_names)):
+        hr = _random_rgb(*hr_px, seed)
+        _save_png(hr_dir / hr_name, hr)
+        _save_png(lr_dir / lr_name, matlab_imresize(mod_crop(hr, scale), 1 / scale))
+    return hr_dir, lr_dir
+
+
+@pytest.mark.parametrize("hr_names, lr_names", [
+    (["img_001_SRF_4_HR.png", "img_002_SRF_4_HR.png"], ["img_001_SRF_4_LR.png", "img_002_SRF_4_LR.png"]),
+    (["baby.png", "bird.png"], ["babyx4.png", "birdx4.png"]),
+    (["0801.png", "0802.png"], ["0801x4.png", "0802X4.png"]),
+    (["baby_HR_x4.png", "bird_HR_x4.png"], ["baby_LRBI_x4.png", "bird_LRBI_x4.png"]),
+    (["Canon_001_HR.png", "Canon_002_HR.png"], ["Canon_001_LR4.png", "Canon_002_LR4.png"]),
+    (["HR_a.png", "HR_b.png"], ["a_bicubic.png", "b_bicubic.png"]),
+])
+def test_folder_split_pairs_the_usual_benchmark_names_and_keeps_the_hr_stem(tmp_path, hr_names, lr_names):
+    hr_dir, lr_dir = _pair_folders(tmp_path, hr_names, lr_names)
+    split = folder_split("bench", hr_dir, lr_dir)
+    assert [(p.name, p.lr_path.name) for p in split.pairs] == [
+        (Path(hr).stem, lr) for hr, lr in sorted(zip(hr_names, lr_names))]
+    assert split.scale == 4
+    validate_split(split)
+
+
+def test_common_stem_names_what_it_removed():
+    assert data.common_stem("img_001_SRF_4_HR", "HR") == ("img_001", ("_HR", "_SRF_4"))
+    assert data.common_stem("babyx4_LR", "LR") == ("baby", ("_LR", "x4"))
+    assert data.common_stem("box2", "HR") == ("box2", ())
+    assert data.common_stem("box2x4", "LR") == ("box2", ("x4",))  # one glued scale only
+
+
+def test_folder_split_reads_the_scale_from_the_image_sizes(tmp_path):
+    hr_dir, lr_dir = _pair_folders(tmp_path, ["a.png", "b.png"], ["ax2.png", "bx2.png"], scale=2, hr_px=(33, 41))
+    split = folder_split("two", hr_dir, lr_dir)
+    assert split.scale == 2
+    validate_split(split)
+    hr_dir3, lr_dir3 = _pair_folders(tmp_path / "three", ["a.png"], ["ax3.png"], scale=3, hr_px=(40, 50))
+    assert folder_split("three", hr_dir3, lr_dir3).scale == 3
+
+
+def test_folder_split_unpaired_names_the_file_the_rule_a_bounded_list_and_the_fix(tmp_path):
+    names = [f"img_{i:03d}" for i in range(12)]
+    hr_dir, lr_dir = _pair_folders(tmp_path, [f"{n}_SRF_4_HR.png" for n in names],
+                                   [f"{n}_SRF_4_LR.png" for n in names[:2]] + [f"{n}_SRF_4_LRx.png" for n in names[2:]])
+    with pytest.raises(SplitError) as caught:
+        folder_split("Urban", hr_dir, lr_dir)
+    message = str(caught.value)
+    assert ("img_002_SRF_4_HR.png: stem 'img_002' (after removing _HR, _SRF_4) has no LR file with that stem; "
+            "nearest unpaired LR stem: 'img_002_LRx'") in message
+    assert "20 file(s) without a partner" in message and "... and 12 more" in message
+    assert message.count("\n  ") == data.MAX_LISTED + 1
+    assert message.splitlines()[-1].startswith("Fix: ") and "--hr-glob '*_HR.png' --lr-glob '*_LR.png'" in message
+
+
+def test_folder_split_by_globs_pairs_one_folder_and_says_what_the_star_is(tmp_path):
+    hr_dir, lr_dir = _pair_folders(tmp_path, ["a-big.png", "b-big.png"], ["a-small.png", "b-small.png"])
+    for path in lr_dir.iterdir():
+        path.rename(hr_dir / path.name)
+    with pytest.raises(SplitError, match="same folder.*Fix: .*--hr-glob"):
+        folder_split("one", hr_dir, hr_dir)
+    split = folder_split("one", hr_dir, hr_dir, hr_glob="*-big.png", lr_glob="*-small.png")
+    assert [(p.name, p.lr_path.name) for p in split.pairs] == [("a-big", "a-small.png"), ("b-big", "b-small.png")]
+    (hr_dir / "c-big.png").write_bytes((hr_dir / "a-big.png").read_bytes())
+    with pytest.raises(SplitError, match=r"c-big.png: stem 'c' \(the \* of --hr-glob '\*-big.png'\) has no LR file"):
+        folder_split("one", hr_dir, hr_dir, hr_glob="*-big.png", lr_glob="*-small.png")
+    with pytest.raises(SplitError, match=r"--lr-glob '\*-\*.png': needs exactly one \*.*Fix: "):
+        folder_split("one", hr_dir, hr_dir, hr_glob="*-big.png", lr_glob="*-*.png")
+
+
+def test_resolve_splits_passes_the_globs_to_pairs_and_refuses_them_alone(tmp_path):
+    hr_dir, lr_dir = _pair_folders(tmp_path, ["a_HR.png"], ["a_LR.png"])
+    with pytest.raises(SplitError, match="no --pair was given. Fix: "):
+        resolve_splits(None, None, None, hr_glob="*_HR.png")
+    (split,) = resolve_splits(None, None, [("p", str(hr_dir), str(lr_dir))], hr_glob="*_HR.png", lr_glob="*_LR.png")
+    assert split.pairs[0].name == "a_HR"
+    with pytest.raises(SplitError, match="more than one split is named p. Fix: "):
+        resolve_splits(None, None, [("p", str(hr_dir), str(lr_dir))] * 2)
+
+
+def test_official_layout_per_scale_and_its_names(tmp_path):
+    _write_official(tmp_path, "valid", ["0801"])
+    x2 = tmp_path / "valid_LR" / "X2"
+    hr = read_image_rgb(tmp_path / "valid_HR" / "0801.png")
+    _save_png(x2 / "0801x2.png", matlab_imresize(mod_crop(hr, 2), 1 / 2))
+    assert [(s.name, s.scale) for s in discover_splits(tmp_path)] == [("valid_x2", 2), ("valid", 4)]
+    assert [s.name for s in resolve_splits(tmp_path, ["valid"], None, {2})] == ["valid_x2"]
+    assert resolve_splits(tmp_path, None, None, {3}) == []
+    assert official_split(tmp_path, "valid", 2).pairs[0].lr_path == x2 / "0801x2.png"
+    with pytest.raises(SplitError, match=r"no x3 LR images \(it has x2, x4\). Fix: .*valid_LR/X3/NAMEx3.png"):
+        official_split(tmp_path, "valid", 3)
+    _save_png(tmp_path / "valid_LR" / "X4" / "0801x4.png", _random_rgb(8, 6, 0))
+    with pytest.raises(SplitError, match="both directly in it and in X4/. Fix: keep one"):
+        discover_splits(tmp_path)
+
+
+def test_scale_gap_names_the_splits_and_the_fix(tmp_path):
+    _write_official(tmp_path, "valid", ["0801"])
+    splits = resolve_splits(tmp_path, None, None, {2, 4})
+    assert data.scale_gap(4, splits, tmp_path) is None
+    problem, fix = data.scale_gap(2, splits, tmp_path)
+    assert problem == "the data has no x2 split (splits: valid at x4)"
+    assert fix.startswith(f"add <split>_LR/X2/NAMEx2.png under {tmp_path}") and fix.endswith(
+        "or declare scale 4 if the network upscales by that")
 
 
 def test_discover_splits_finds_pairs_and_flags_lonely_folders(tmp_path):
     _write_official(tmp_path, "DIV2K_LSDIR_valid", ["1"])
     _write_official(tmp_path, "DIV2K_LSDIR_test", ["2"])
-    names = [s.name for s in discover_splits(tmp_path, 4)]
+    names = [s.name for s in discover_splits(tmp_path, {4})]
     assert names == ["DIV2K_LSDIR_test", "DIV2K_LSDIR_valid"]
     (tmp_path / "extra_HR").mkdir()
     with pytest.raises(SplitError, match="extra_HR"):
-        discover_splits(tmp_path, 4)
+        discover_splits(tmp_path, {4})
 
 
 def test_load_pair_size_mismatch_names_both_files_and_sizes(tmp_path):
@@ -245,12 +354,26 @@ def test_embedded_split_builds_once_and_matches_its_recipe(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["embedded-v1"]
 
 
+def test_embedded_split_at_other_scales_uses_the_same_crops(tmp_path):
+    four = embedded_split(tmp_path)
+    for scale in (2, 3):
+        split = embedded_split(tmp_path, scale=scale)
+        assert (split.name, split.scale) == (f"embedded_x{scale}", scale)
+        assert split.pairs[0].lr_path.parent == tmp_path / f"embedded-v1-x{scale}" / "embedded_LR" / f"X{scale}"
+        for pair, pair4 in zip(split.pairs, four.pairs):
+            lr, hr = load_pair(pair, scale)
+            assert pair.name == pair4.name and pair.hr_path.read_bytes() == pair4.hr_path.read_bytes()
+            assert hr.shape[0] == 256 - 256 % scale
+            np.testing.assert_array_equal(lr, matlab_imresize(hr, 1 / scale))
+    assert [s.name for s in resolve_splits(None, None, None, {4, 2})] == ["embedded_x2", "embedded"]
+
+
 def test_embedded_split_loser_of_a_race_uses_the_winners_folder(tmp_path, monkeypatch):
     real_writer = data._write_embedded_files
 
-    def writer_that_loses_the_race(staging: Path) -> None:
-        real_writer(staging)
-        real_writer(tmp_path / "embedded-v1")
+    def writer_that_loses_the_race(staging: Path, scale: int) -> None:
+        real_writer(staging, scale)
+        real_writer(tmp_path / "embedded-v1", scale)
 
     monkeypatch.setattr(data, "_write_embedded_files", writer_that_loses_the_race)
     split = embedded_split(tmp_path)

@@ -60,11 +60,11 @@ def test_rank_and_report_agree_with_the_closing_ranking(main_job, capsys):
     ranked = closing_table[closing_table["rank_main"].notna()]
     assert len(ranked) >= 3, "the shipped zoo ranks under the demo rules"
 
-    assert main(["rank", str(run_dir), "--protocol", RULES]) == 0
+    assert main(["rank", str(run_dir), "--rules", RULES]) == 0
     again = read_rankings(run_dir).table.set_index("submission_id").sort_index()
     pd.testing.assert_frame_equal(again, closing_table)  # fixed bootstrap seed: the same table
 
-    assert main(["report", str(run_dir), "--protocol", RULES]) == 0
+    assert main(["report", str(run_dir), "--rules", RULES]) == 0
     report = (run_dir / "report" / "report.md").read_text(encoding="utf-8")
     for name in ranked["name"]:
         assert f"| {name} " in report or f"| {name}|" in report, f"{name} missing from the report"

@@ -39,7 +39,7 @@ def environments_run(ray_address, tmp_path_factory):
     completed = subprocess.run(
         [sys.executable, str(REPO_ROOT / "evaluate_all.py"), "--address", ray_address, "--root", str(factory.root),
          "--manifests", str(factory.manifests), "--results", str(results), "--run-id", "envs", "--device", "cpu",
-         "--no-hygiene", "--protocol", "official", "--rank", "none", "--no-progress"],
+         "--no-hygiene", "--timing", "official", "--rank", "none", "--no-progress"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200, check=False)
     rows = read_verified(results / "envs", "submissions").set_index("submission_id")
     return completed, rows

@@ -125,3 +125,22 @@ def test_a_submission_this_run_cannot_measure_is_skipped_not_run(factory, split,
               "python": "runs on Python <3.0"}[how]
     assert row.error.startswith("[team10_Tiny] not measured on this hardware: ") and reason in row.error
     assert not (tmp_path / MARKER).exists()  # the model file was never imported
+
+
+def test_weights_an_after_load_call_reads_are_recorded_in_the_row_and_not_flagged(factory, split):
+    from tests.conftest import tiny_state_dict
+
+    path = factory.make(with_checkpoint=False, manifest_extra={"after_load": [
+        {"method": "load_weights", "path": "model_zoo/late.pth"}]})
+    (factory.root / "model_zoo").mkdir(exist_ok=True)
+    torch.save(tiny_state_dict(seed=3), factory.root / "model_zoo" / "late.pth")
+    model_file = factory.root / "models" / "team10_Tiny.py"
+    model_file.write_text(model_file.read_text() + (
+        "\ndef _load_weights(self, path):\n"
+        "    self.load_state_dict(torch.load(path, weights_only=True))\n"
+        "TinySR.load_weights = _load_weights\n"))
+    row = evaluate_submission(parse_manifest(path, factory.root), [split], FAST, "run-after-load").submission
+    assert row.status == "ok", row.error
+    assert row.after_load.startswith("load_weights('model_zoo/late.pth') [file sha256 ")
+    assert row.checkpoint_float_elements is None  # the weights are not in a declared checkpoint: unknown, not 0
+    assert "params_not_in_checkpoint" not in (row.complexity_flags or "")

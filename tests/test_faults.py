@@ -37,7 +37,7 @@ from tests.support.faults import (
     slow_submissions,
 )
 
-EVALUATE = ["--protocol", "official"]
+EVALUATE = ["--timing", "official"]
 
 
 def _tables(run_dir):

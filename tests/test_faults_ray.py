@@ -92,7 +92,7 @@ def test_ray_driver_killed_mid_run_then_resumed(ray_instance, factory, tmp_path)
     driver = subprocess.Popen(
         [sys.executable, str(REPO_ROOT / "evaluate_all.py"), "--address", ray_instance, "--root", str(factory.root),
          "--manifests", str(factory.manifests), "--results", str(results), "--run-id", "killed", "--no-hygiene",
-         "--protocol", "official", "--device", "cpu", "--no-progress"],
+         "--timing", "official", "--device", "cpu", "--no-progress"],
         cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 180

@@ -13,7 +13,8 @@ import pytest
 import torch
 import yaml
 
-from esr_eval.importer import NtireImportError, import_ntire, translate_test_demo
+from esr_eval.importer import ImportReport, NtireImportError, import_ntire, translate_test_demo
+from esr_eval.loading import load_submission
 from esr_eval.manifest import parse_manifest
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ntire_repo"
@@ -51,6 +52,30 @@ EXPECTED = {
         model_id=23, name="DSCF", file="models/team23_DSCF.py", cls="DSCF", args=[3, 3],
         kwargs={"feature_channels": 4, "upscale": 4}, path="model_zoo/team23_dscf.pth",
         key=None, strict=True, data_range=1.0, pad=16),
+    "team34_craft": dict(  # picks its key through a variable: `loadnet[keyname]`
+        model_id=34, name="craft", file="models/team34_CRAFT.py", cls="CRAFT", args=[],
+        kwargs={"upscale": 4, "embed_dim": 4}, path="model_zoo/team34_craft.pth",
+        key="params_ema|params", strict=True, data_range=255.0, pad=None),
+    "team12_MergeNet": dict(  # its own load_state_dict merges its layers before loading
+        model_id=12, name="MergeNet", file="models/team12_MergeNet.py", cls="MergeNet", args=[],
+        kwargs={"channels": 4}, path="model_zoo/team12_mergenet.pth", key=None, strict=True,
+        data_range=1.0, pad=None),
+    "team44_RepSPAN": dict(
+        model_id=44, name="RepSPAN", file="models/team44_RepSPAN.py", cls="RepSPAN", args=[],
+        kwargs={"feature_channels": 4}, path="model_zoo/team44_repspan.pth", key="params",
+        strict=True, data_range=1.0, pad=None, after_load=[{"method": "repa"}]),
+    "team17_FSANet": dict(
+        model_id=17, name="FSANet", file="models/team17_FSANet.py", cls="FSANet", args=[],
+        kwargs={"fea_ch": 4}, path="model_zoo/team17_fsanet.pth", key="params", strict=True,
+        data_range=1.0, pad=None, after_load=[{"method": "switch_deploy", "each_module": True}]),
+    "team40_MambaLight": dict(
+        model_id=40, name="MambaLight", file="models/team40_MambaLight.py", cls="MambaLight",
+        args=[], kwargs={}, path=None, key=None, strict=None, data_range=1.0, pad=None,
+        after_load=[{"method": "load_weights", "path": "model_zoo/team40_mambalight.pth"}]),
+    "team101_IMDN_fast": dict(
+        model_id=101, name="IMDN_fast", file="models/team01_IMDN.py", cls="IMDN",
+        args=[3, 3, 6, 4], kwargs={}, path="model_zoo/team01_imdn.pt", key="params",
+        strict=False, data_range=1.0, pad=None),
 }
 
 
@@ -111,11 +136,15 @@ def test_manifest_fields_read_back(imported, submission_id):
     assert manifest["name"] == expected["name"]
     assert manifest["model"] == {"file": expected["file"], "class": expected["cls"],
                                  "args": expected["args"], "kwargs": expected["kwargs"]}
-    checkpoint = manifest["checkpoint"]
-    assert checkpoint["path"] == expected["path"]
-    assert checkpoint["key"] == expected["key"]
-    assert checkpoint["strict"] is expected["strict"]
-    assert checkpoint["trusted_pickle"] is False and "sha256" not in checkpoint
+    checkpoint = manifest.get("checkpoint")
+    if expected["path"] is None:
+        assert checkpoint is None
+    else:
+        assert checkpoint["path"] == expected["path"]
+        assert checkpoint["key"] == expected["key"]
+        assert checkpoint["strict"] is expected["strict"]
+        assert checkpoint["trusted_pickle"] is False and "sha256" not in checkpoint
+    assert manifest.get("after_load") == expected.get("after_load")
     assert manifest["data_range"] == expected["data_range"]
     assert isinstance(manifest["data_range"], float)
     assert manifest["scale"] == 4
@@ -171,7 +200,7 @@ def state_dict_under(checkpoint, key):
     return checkpoint
 
 
-@pytest.mark.parametrize("submission_id", sorted(EXPECTED))
+@pytest.mark.parametrize("submission_id", sorted(s for s, e in EXPECTED.items() if e["path"]))
 def test_fixture_checkpoints_load_with_the_parsed_settings(imported, submission_id):
     checkout, out_dir, _, _ = imported
     manifest = read_manifest(out_dir, submission_id)
@@ -233,6 +262,19 @@ if model_id == 0:
      "if 'params_ema' in sd.keys():\n    sd = sd['params_ema']\n"
      "elif 'params' in sd:\n    sd = sd['params']\nelse:\n    sd = sd['state_dict']\n"
      "model.load_state_dict(sd, False)", "params_ema|params|state_dict"),
+    ("loadnet = torch.load('model_zoo/a.pth')\n"
+     "keyname = 'params_ema' if 'params_ema' in loadnet else 'params'\n"
+     "model.load_state_dict(loadnet[keyname], strict=True)", "params_ema|params"),
+    ("loadnet = torch.load('model_zoo/a.pth')\nkeyname = 'params'\n"
+     "if 'params_ema' in loadnet:\n    keyname = 'params_ema'\n"
+     "model.load_state_dict(loadnet[keyname])", "params_ema|params"),
+    ("loadnet = torch.load('model_zoo/a.pth')\n"
+     "if 'params_ema' in loadnet.keys():\n    keyname = 'params_ema'\n"
+     "elif 'params' in loadnet:\n    keyname = 'params'\nelse:\n    keyname = 'state_dict'\n"
+     "model.load_state_dict(loadnet[keyname], strict=False)", "params_ema|params|state_dict"),
+    ("loadnet = torch.load('model_zoo/a.pth')\nstate = loadnet['params']\n"
+     "if 'params_ema' in loadnet:\n    state = loadnet['params_ema']\n"
+     "model.load_state_dict(state)", "params_ema|params"),
 ])
 def test_checkpoint_key_patterns(tmp_path, lines, key):
     write_demo(tmp_path, BRANCH_HEAD + "    model = Net()\n" + textwrap.indent(lines, "    "))
@@ -252,8 +294,8 @@ def test_checkpoint_key_patterns(tmp_path, lines, key):
     ("model = Net(dim=DIM)", "constructor argument `dim` of `Net` (line 10) refers to `DIM`"),
     ("model = Net(scale=args.scale)", "computed at run time from `args.scale`"),
     ("sd = torch.load('a.pth')\nfor k in list(sd):\n    sd[k[7:]] = sd.pop(k)\n"
-     "model = Net()\nmodel.load_state_dict(sd)", "`for` statement at line 11"),
-    ("model = Net()\nmodel = model.half()", "changed by `.half()`"),
+     "model = Net()\nmodel.load_state_dict(sd)", "`for` loop at line 11 inside the branch"),
+    ("model = Net()\nmodel = model.half()", "model is the result of `.half()` (line 11)"),
     ("model = Net()\nconvert_weights(model)", "passed to `convert_weights()` at line 11"),
     ("model = Net()\ndata_range = 2.0", "manifests accept 1.0 or 255.0"),
     ("from basicsr.archs.rrdb import RRDB\nmodel = RRDB()", "not a file of the checkout"),
@@ -319,3 +361,132 @@ def test_unreadable_files_raise_a_clear_error(tmp_path, source, message):
     with pytest.raises(NtireImportError, match=message.replace("(", r"\(")):
         import_ntire(tmp_path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("lines, reason, names_forms", [
+    ("loadnet = torch.load('a.pth')\nif 'params_ema' in loadnet:\n    keyname = 'params_ema'\n"
+     "else:\n    keyname = None\nmodel.load_state_dict(loadnet[keyname])",
+     "leaves `keyname` without a key name when 'params_ema' is absent", True),
+    ("loadnet = torch.load('a.pth')\nif 'params_ema' in loadnet:\n    keyname = 'params'\n"
+     "else:\n    keyname = 'params'\nmodel.load_state_dict(loadnet[keyname])",
+     "`if` statement at line 12 inside the branch: not a recognised pattern", True),
+    ("loadnet = torch.load('a.pth')\nother = torch.load('b.pth')\n"
+     "keyname = 'params_ema' if 'params_ema' in other else 'params'\n"
+     "model.load_state_dict(loadnet[keyname])", "key is chosen by testing another checkpoint", False),
+])
+def test_refused_key_choices_say_which_forms_are_read(tmp_path, lines, reason, names_forms):
+    write_demo(tmp_path, BRANCH_HEAD + "    model = Net()\n" + textwrap.indent(lines, "    "))
+    branch = only_branch(tmp_path)
+    assert reason in branch.reason
+    if names_forms:
+        assert "`keyname = 'k' if 'k' in sd else 'j'` then `sd[keyname]`" in branch.reason
+        assert "as `checkpoint.key: k|j` (the first key present)" in branch.reason
+
+
+@pytest.mark.parametrize("lines, after_load", [
+    ("model.repa()", [{"method": "repa"}]),
+    ("model.fuse(True, mode='deploy')\nmodel.eval()",
+     [{"method": "fuse", "args": [True], "kwargs": {"mode": "deploy"}}]),
+    ("model.load_weights(os.path.join('model_zoo', 'w.pth'), strict=True)",
+     [{"method": "load_weights", "path": "model_zoo/w.pth", "kwargs": {"strict": True}}]),
+    ("for _, m in model.named_modules():\n    if hasattr(m, 'fuse'):\n        m.fuse(2)",
+     [{"method": "fuse", "args": [2], "each_module": True}]),
+    ("for name, p in model.named_parameters():\n    p.requires_grad = False", None),
+])
+def test_calls_after_the_load_become_after_load(tmp_path, lines, after_load):
+    write_demo(tmp_path, BRANCH_HEAD + "    model = Net()\n"
+               "    model.load_state_dict(torch.load('model_zoo/a.pth'))\n" + textwrap.indent(lines, "    "))
+    branch = only_branch(tmp_path)
+    document = branch.document.model_dump(by_alias=True, exclude_unset=True, mode="json")
+    assert document.get("after_load") == after_load
+    if after_load is None:
+        assert any("freezes the parameters" in note for note in branch.notes)
+
+
+@pytest.mark.parametrize("lines, reason", [
+    ("model = Net()\nmodel.repa()\nmodel.load_state_dict(torch.load('a.pth'))",
+     "`.repa()` at line 11 is called before load_state_dict (line 12)"),
+    ("model = Net()\nmodel.load_from(3, 'model_zoo/w.pth')", "takes a file as argument 2"),
+    ("model = Net()\nmodel.fuse(args.deploy)", "an argument of `.fuse()` (line 11) is computed at run time"),
+    ("model = Net()\nmodel.body.fuse()", "`model.body.fuse()` at line 11 calls a method of a part of the model"),
+    ("model = Net()\nfor m in model.modules():\n    if isinstance(m, Rep):\n        m.fuse()",
+     "`for` loop at line 11 inside the branch: not a recognised pattern; import-ntire reads "
+     "`for m in model.modules(): if hasattr(m, 'name'): m.name()` as "
+     "`after_load: [{method: name, each_module: true}]`"),
+])
+def test_refused_calls_name_the_construct(tmp_path, lines, reason):
+    write_demo(tmp_path, BRANCH_HEAD + textwrap.indent(lines, "    "))
+    branch = only_branch(tmp_path)
+    assert branch.model_ids == (0,) and reason in branch.reason
+
+
+def test_an_empty_branch_is_reported_as_empty(tmp_path):
+    write_demo(tmp_path, BRANCH_HEAD + "    model = Net()\nelif model_id == 1:\n    pass\n")
+    translated, untranslated = translate_test_demo(tmp_path)
+    assert [b.model_id for b in translated] == [0]
+    (empty,) = untranslated
+    assert empty.model_ids == (1,)
+    assert empty.reason.startswith("branch for model id 1 is empty")
+    assert empty.manifest_lines[:3] == (
+        "# team01_<Name>.yaml: fill in every <…>, then check it with `esr-eval check`",
+        'team_id: "01"', "name: <Name>")
+    assert "  class: <ClassName>" in empty.manifest_lines
+
+
+def test_three_digit_ids_state_the_submission_id_and_four_digits_are_refused(imported, tmp_path):
+    _, _, report, _ = imported
+    (branch,) = [b for b in report.translated if b.model_id == 101]
+    assert branch.submission_id == "team101_IMDN_fast" and branch.team_id == "101"
+    assert ('model_id 101 has three digits: written as team_id "101", submission id team101_IMDN_fast'
+            in branch.notes)
+    assert "team101_IMDN_fast" in report.summary_text()
+    write_demo(tmp_path, BRANCH_HEAD.replace("model_id == 0", "model_id == 1000") + "    model = Net()\n")
+    assert "model_id 1000 does not fit a team id of two or three digits" in only_branch(tmp_path).reason
+
+
+def test_a_refusal_shows_manifest_lines_that_validate_once_pasted(tmp_path):
+    (tmp_path / "model_zoo").mkdir()
+    torch.save({"params": {}}, tmp_path / "model_zoo" / "a.pth")
+    write_demo(tmp_path, BRANCH_HEAD + "    model = Net(4, width=2)\n"
+               "    model.load_state_dict(torch.load('model_zoo/a.pth')['params'], strict=False)\n"
+               "    model.repa()\n"
+               "    for m in model.modules():\n        m.switch(model_id)\n")
+    branch = only_branch(tmp_path)
+    assert branch.reason.startswith("`for` loop at line 13 inside the branch")
+    header, *lines = branch.manifest_lines
+    assert header.startswith("# team00_Net.yaml: ") and not any("<" in line for line in lines)
+    manifest = tmp_path / "team00_Net.yaml"
+    manifest.write_text("\n".join(branch.manifest_lines) + "\n")
+    submission = parse_manifest(manifest, tmp_path)
+    assert (submission.model.args, submission.model.kwargs) == ((4,), {"width": 2})
+    assert (submission.checkpoint.key, submission.checkpoint.strict) == ("params", False)
+    assert [call.method for call in submission.after_load] == ["repa"]
+    summary = ImportReport(tmp_path / "test_demo.py", tmp_path, (), (branch,), ()).summary_text()
+    assert "      write instead:\n        # team00_Net.yaml: " in summary
+
+
+def test_a_refusal_before_the_load_leaves_placeholders_for_what_is_unknown(tmp_path):
+    write_demo(tmp_path, BRANCH_HEAD + "    model = Net()\n"
+               "    model.load_state_dict(torch.load(args.weights))\n")
+    branch = only_branch(tmp_path)
+    assert "checkpoint path is computed at run time from `args.weights`" in branch.reason
+    assert "  path: <model_zoo/file.pth>  # the weights file, relative to the checkout" in branch.manifest_lines
+    assert any(line.startswith("  key: <key>  # 'params_ema|params' = the first present")
+               for line in branch.manifest_lines)
+
+
+@pytest.mark.parametrize("submission_id", sorted(EXPECTED))
+def test_every_imported_manifest_loads_through_the_evaluator(imported, submission_id):
+    checkout, out_dir, _, _ = imported
+    loaded = load_submission(parse_manifest(out_dir / f"{submission_id}.yaml", checkout))
+    expected = EXPECTED[submission_id]
+    assert loaded.info.missing_keys == () and (loaded.info.unexpected_keys != ()) is (
+        expected["strict"] is False)
+    ran = [call.split(" [")[0] for call in loaded.info.after_load]
+    assert ran == {"team44_RepSPAN": ["repa()"],
+                   "team17_FSANet": ["switch_deploy() on every module that has it"],
+                   "team40_MambaLight": ["load_weights('model_zoo/team40_mambalight.pth')"]
+                   }.get(submission_id, [])
+    with torch.no_grad():
+        output = loaded.model(torch.rand(1, 3, 8, 8) * expected["data_range"])
+    assert output.shape == (1, 3, 32, 32)

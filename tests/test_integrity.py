@@ -117,7 +117,7 @@ def test_forged_part_file_is_never_read_and_marks_the_run_tampered(run: Path, tm
     assert "TAMPERED RUN:" in first_line(paths.html)
     assert "Forged" not in paths.markdown.read_text(encoding="utf-8").split("## Results", 1)[1].split("## Provenance")[0]
 
-    assert main(["rank", str(run), "--protocol", "demo", "--resamples", "20"]) == 1
+    assert main(["rank", str(run), "--rules", "demo", "--resamples", "20"]) == 1
     captured = capsys.readouterr()
     assert "WARNING: TAMPERED RUN:" in captured.err and "WARNING: TAMPERED RUN:" in captured.out
     assert FORGED not in captured.out.split("WARNING")[0]
@@ -178,7 +178,7 @@ def test_untouched_run_is_verified_and_has_no_banner(run: Path, tmp_path: Path, 
     with warnings.catch_warnings():
         warnings.simplefilter("error", RunIntegrityWarning)
         assert len(read_verified(run, "samples")) == len(pd.read_parquet(run / "samples"))
-    assert main(["rank", str(run), "--protocol", "demo", "--resamples", "20"]) == 0
+    assert main(["rank", str(run), "--rules", "demo", "--resamples", "20"]) == 0
     out = capsys.readouterr().out
     assert "WARNING" not in out and f"integrity: verified; checked against {LEDGER_NAME} sha256" in out
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import io
 import pathlib
+import textwrap
 import zipfile
 
 import pytest
 import torch
+import yaml
 
 from esr_eval.loading import load_submission
 from esr_eval.manifest import SubmissionError, parse_manifest
@@ -194,3 +197,124 @@ def test_model_file_raising_systemexit_is_a_submission_error(factory):
     path = factory.make(model_source={"prelude": "raise SystemExit('team code exits')\n"})
     with pytest.raises(SubmissionError, match="SystemExit"):
         _load(factory, path)
+
+
+NTIRE_FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "ntire_repo"
+
+
+def _fixture_submission(tmp_path, manifest: dict, sid: str = "team12_MergeNet"):
+    """A manifest outside the fixture NTIRE checkout, whose files it names."""
+    path = tmp_path / f"{sid}.yaml"
+    path.write_text(yaml.safe_dump({"team_id": sid[4:6], "data_range": 1.0, **manifest}, sort_keys=False))
+    return parse_manifest(path, NTIRE_FIXTURE)
+
+
+def test_a_model_that_merges_its_layers_in_its_own_load_state_dict_loads_strictly(tmp_path):
+    sub = _fixture_submission(tmp_path, {
+        "model": {"file": "models/team12_MergeNet.py", "class": "MergeNet", "kwargs": {"channels": 4}},
+        "checkpoint": {"path": "model_zoo/team12_mergenet.pth", "strict": True}})
+    loaded = load_submission(sub)
+    assert (loaded.info.missing_keys, loaded.info.unexpected_keys) == ((), ())
+    assert _same_weights(loaded.model, torch.load(sub.checkpoint_path, weights_only=True))
+    assert not hasattr(loaded.model, "conv3")
+
+
+def test_strict_failure_inside_the_models_own_loader_names_the_keys(tmp_path):
+    state = torch.load(NTIRE_FIXTURE / "model_zoo" / "team12_mergenet.pth", weights_only=True)
+    state["extra"] = state.pop("merged.bias")
+    (tmp_path / "root" / "models").mkdir(parents=True)
+    (tmp_path / "root" / "model_zoo").mkdir()
+    (tmp_path / "root" / "models" / "team12_MergeNet.py").write_text(
+        (NTIRE_FIXTURE / "models" / "team12_MergeNet.py").read_text())
+    torch.save(state, tmp_path / "root" / "model_zoo" / "merged.pth")
+    path = tmp_path / "team12_MergeNet.yaml"
+    path.write_text(yaml.safe_dump({"team_id": "12", "model": {"file": "models/team12_MergeNet.py",
+                                                               "class": "MergeNet"},
+                                    "checkpoint": {"path": "model_zoo/merged.pth"}}))
+    with pytest.raises(SubmissionError, match=r"strict load failed; missing keys: merged\.bias; "
+                                              r"unexpected keys: extra") as info:
+        load_submission(parse_manifest(path, tmp_path / "root"))
+    assert info.value.stage == "checkpoint"
+
+
+def _with_methods(path: pathlib.Path, methods: str) -> None:
+    """Append methods to the fixture's TinySR class (defined in its model file)."""
+    path.write_text(path.read_text() + textwrap.dedent(methods) + "\n")
+
+
+def test_after_load_calls_run_after_the_weights_in_order_and_are_recorded(factory):
+    state = tiny_state_dict(seed=4)
+    other = tiny_state_dict(seed=5)
+    path = factory.make(checkpoint_obj=state, manifest_extra={"after_load": [
+        {"method": "scale_tail", "args": [2.0]}, "count_calls",
+        {"method": "load_weights", "path": "model_zoo/late.pth", "kwargs": {"key": "params"}}]})
+    torch.save({"params": other}, factory.root / "model_zoo" / "late.pth")
+    _with_methods(factory.root / "models" / "team10_Tiny.py", '''
+        def _scale_tail(self, factor):
+            self.scaled = self.tail.weight.detach().clone() * factor
+        def _count_calls(self):
+            self.calls = getattr(self, "calls", 0) + 1
+        def _load_weights(self, path, key):
+            self.loaded_from = path
+            self.load_state_dict(torch.load(path, weights_only=True)[key])
+        TinySR.scale_tail, TinySR.count_calls, TinySR.load_weights = _scale_tail, _count_calls, _load_weights
+    ''')
+    loaded = _load(factory, path)
+    model = loaded.model
+    assert torch.equal(model.scaled, state["tail.weight"] * 2.0)  # ran after the checkpoint loaded
+    assert model.calls == 1 and _same_weights(model, other)
+    assert model.loaded_from == str((factory.root / "model_zoo" / "late.pth").resolve())
+    digest = hashlib.sha256((factory.root / "model_zoo" / "late.pth").read_bytes()).hexdigest()
+    assert loaded.info.after_load == (
+        "scale_tail(2.0)", "count_calls()",
+        f"load_weights('model_zoo/late.pth', key='params') [file sha256 {digest}]")
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+
+
+def test_after_load_on_every_module_that_has_the_method(tmp_path):
+    sub = _fixture_submission(tmp_path, {
+        "model": {"file": "models/team17_FSANet.py", "class": "FSANet", "kwargs": {"fea_ch": 4}},
+        "checkpoint": {"path": "model_zoo/team17_fsanet.pth", "key": "params"},
+        "after_load": [{"method": "switch_deploy", "each_module": True}]}, sid="team17_FSANet")
+    unfused = load_submission(dataclasses.replace(sub, after_load=())).model
+    fused = load_submission(sub)
+    assert fused.info.after_load == ("switch_deploy() on every module that has it [2 modules]",)
+    assert all(hasattr(block, "fused") and not hasattr(block, "conv3") for block in fused.model.blocks)
+    x = torch.rand(1, 3, 8, 8)
+    assert torch.allclose(fused.model(x), unfused(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("entry, field, message, fix", [
+    ("repa", "after_load[0]", "TinySR has no method 'repa'", "did you mean 'rep'?"),
+    ({"method": "fuse", "each_module": True}, "after_load[0]", "no module of TinySR has a method 'fuse'",
+     "(rep)"),
+    ({"method": "rep", "args": [1, 2]}, "after_load[0]", "rep(1, 2) raised TypeError", "signature"),
+])
+def test_after_load_failures_name_the_entry_and_the_fix(factory, entry, field, message, fix):
+    path = factory.make(manifest_extra={"after_load": [entry]})
+    _with_methods(factory.root / "models" / "team10_Tiny.py", '''
+        def _rep(self):
+            pass
+        TinySR.rep = _rep
+    ''')
+    with pytest.raises(SubmissionError) as info:
+        _load(factory, path)
+    assert (info.value.field_name, info.value.stage) == (field, "after_load")
+    assert message in info.value.problem and fix in info.value.fix
+
+
+def test_a_loader_that_catches_the_strict_failure_behaves_as_under_torch(factory):
+    state = tiny_state_dict()
+    state["extra.weight"] = state.pop("head.bias")
+    path = factory.make(checkpoint_obj=state)
+    _with_methods(factory.root / "models" / "team10_Tiny.py", '''
+        def _tolerant_load(self, state_dict, strict=True):
+            try:
+                return nn.Module.load_state_dict(self, state_dict, strict=strict)
+            except RuntimeError as error:
+                assert "Missing key(s) in state_dict: \\"head.bias\\"" in str(error)
+                return nn.Module.load_state_dict(self, state_dict, strict=False)
+        TinySR.load_state_dict = _tolerant_load
+    ''')
+    loaded = _load(factory, path)
+    assert (loaded.info.missing_keys, loaded.info.unexpected_keys) == (("head.bias",), ("extra.weight",))

@@ -64,6 +64,13 @@ def test_misspelt_nested_key(factory):
 @pytest.mark.parametrize("change, field, fix", [
     ({"team_id": 7}, "team_id", "quoted"),
     ({"team_id": "7"}, "team_id", "quoted"),
+    ({"team_id": "1000"}, "team_id", "quoted"),
+    ({"after_load": "repa"}, "after_load", "after_load: [repa]"),
+    ({"after_load": [{"method": "__init__"}]}, "after_load[0].method", "a method of the model"),
+    ({"after_load": [{"method": "load_weights", "path": "model_zoo/absent.pth"}]}, "after_load[0].path",
+     "put the file there"),
+    ({"after_load": [{"method": "load_weights", "path": "../w.pth"}]}, "after_load[0].path", "without '..'"),
+    ({"after_load": [{"methd": "repa"}]}, "after_load[0].method", "add `method:`"),
     ({"data_range": 2.0}, "data_range", "1.0 or 255.0"),
     ({"scale": 0}, "scale", "whole number"),
     ({"requirements": "einops"}, "requirements", "requirements: ["),
@@ -112,7 +119,7 @@ def test_discover_is_recursive_and_select_by_id_team_or_name(factory):
     assert [s.submission_id for s in subs] == ["team11_Other", "team10_Tiny"]  # sorted by path
     assert [s.submission_id for s in select(subs, ["11"])] == ["team11_Other"]
     assert [s.submission_id for s in select(subs, ["tiny"])] == ["team10_Tiny"]
-    with pytest.raises(SubmissionError, match="did you mean 'team10_Tiny'"):
+    with pytest.raises(SubmissionError, match=r"no submission matches 'team10_Tyni'. Fix: did you mean team10_Tiny \(Tiny\)\?"):
         select(subs, ["team10_Tyni"])
 
 
@@ -174,3 +181,15 @@ def test_needs_are_validated(factory):
         parse_manifest(path, factory.root)
     assert sorted(p.field for p in info.value.problems) == ["needs.cuda", "needs.gpu", "needs.python"]
     assert "is not a version range, got 'three'" in str(info.value)
+
+
+def test_three_digit_team_ids_and_after_load_calls(factory):
+    path = _rewrite(factory.make(), team_id="361", after_load=[
+        "repa", {"method": "load_weights", "path": "model_zoo/team10_Tiny.pth", "args": [True],
+                 "kwargs": {"strict": False}}, {"method": "switch_deploy", "each_module": True}])
+    sub = parse_manifest(path, factory.root)
+    assert sub.team_id == "361"
+    assert [call.describe() for call in sub.after_load] == [
+        "repa()", "load_weights('model_zoo/team10_Tiny.pth', True, strict=False)",
+        "switch_deploy() on every module that has it"]
+    assert parse_manifest(_rewrite(path, after_load=None), factory.root).after_load == ()

@@ -1,8 +1,10 @@
 """The cluster as the driver sees it: which instance to join (never a silent attachment), the
-GPUs a launcher config declares, and a GPU wait that refuses instead of falling back to CPUs."""
+GPUs a launcher config declares, a GPU wait that refuses instead of falling back to CPUs, and on
+a cluster head the exact `ray rsync-down` of the run."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,25 @@ def test_bootstrap_path_is_the_cluster_launchers(monkeypatch, tmp_path):
     (tmp_path / "ray_bootstrap_config.yaml").write_text(yaml.safe_dump(
         {"available_node_types": {"w": {"min_workers": 2, "resources": {"GPU": 1}}}}))
     assert nodes.declared_gpus_here() == 2
+
+
+@pytest.mark.parametrize("provider, template, fate", [("aws", "ray_config.yaml", "deletes it with the nodes"),
+                                                      ("local", "cluster/onprem.yaml", "keeps the files")])
+def test_a_cluster_head_ends_with_the_exact_rsync_down_of_the_run(monkeypatch, tmp_path, provider, template, fate):
+    """The command is what Ray's CLI parses as (config, the head's absolute run folder/, results/<run>/)."""
+    from ray.scripts import scripts
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "ray_bootstrap_config.yaml").write_text(yaml.safe_dump({"provider": {"type": provider}}))
+    monkeypatch.chdir(tmp_path)
+    warning, command = nodes.rsync_down_lines(Path("results") / "run 7")
+    assert "`ray down`" in warning and fate in warning
+    words = shlex.split(command)
+    assert words[:2] == ["ray", "rsync-down"]
+    params = scripts.rsync_down.make_context("rsync-down", words[2:]).params
+    assert (params["cluster_config_file"], params["source"], params["target"]) == (
+        template, f"{tmp_path}/results/run 7/", "results/run 7/")
+
+
+def test_no_rsync_down_line_off_a_cluster_head(tmp_path):
+    assert nodes.rsync_down_lines(tmp_path / "results" / "r1", bootstrap=tmp_path / "absent.yaml") == []

@@ -366,3 +366,52 @@ def test_a_skipped_submission_is_listed_as_not_measured_on_this_hardware(synthet
     row = rankings.set_index("submission_id").loc[sid]
     assert pd.isna(row["rank_main"])
     assert row["excluded_reason"].startswith(f"status skipped: [{sid}] not measured on this hardware: it imports")
+
+
+# --- --rules auto: rules that fit the run's splits ------------------------------------------------
+
+_MEASURED = pd.DataFrame({"submission_id": ["team00_RLFN", "team99_Bicubic"], "team_id": ["00", "99"],
+                          "name": ["RLFN", "Bicubic"], "status": ["ok", "ok"]})
+_NO_BICUBIC = _MEASURED.iloc[:1]
+_NTIRE_2026_GATES = "the PSNR gates of ntire2026 need splits DIV2K_LSDIR_valid and DIV2K_LSDIR_test; this run has"
+_UNGATED = "ungated (the gate's reference, submission_id == 'team99_Bicubic', has no ok row in this run)"
+FITTING = {
+    "embedded": (["embedded"], _MEASURED, "demo", ("embedded", "embedded"), 1, None),
+    "embedded, no bicubic": (["embedded"], _NO_BICUBIC, "demo", ("embedded", "embedded"), 0,
+                             f"demo rules for the embedded split, {_UNGATED}"),
+    "2024-2026 splits": (["DIV2K_LSDIR_valid", "DIV2K_LSDIR_test"], _MEASURED, "ntire2026",
+                         ("DIV2K_LSDIR_valid", "DIV2K_LSDIR_test"), 2, None),
+    "2022 splits": (["DIV2K_test", "DIV2K_valid"], _MEASURED, "ntire2022", ("DIV2K_valid", "DIV2K_test"), 2, None),
+    "Set5": (["Set5", "Set5"], _MEASURED, "demo", ("Set5", "Set5"), 1,
+             f"{_NTIRE_2026_GATES} Set5: ranked with the demo rules on Set5, gated: valid PSNR >= the PSNR of "
+             "submission_id == 'team99_Bicubic' + 0.3 dB"),
+    "Set5 and Set14, no bicubic": (["Set5", "Set14"], _NO_BICUBIC, "demo", ("Set5", "Set14"), 0,
+                                   f"{_NTIRE_2026_GATES} Set5, Set14: ranked with the demo rules on Set5 (valid) and "
+                                   f"Set14 (test), {_UNGATED}"),
+    "half of a challenge": (["DIV2K_LSDIR_valid"], _NO_BICUBIC, "demo", ("DIV2K_LSDIR_valid", "DIV2K_LSDIR_valid"),
+                            0, f"{_NTIRE_2026_GATES} DIV2K_LSDIR_valid: ranked with the demo rules on "
+                               f"DIV2K_LSDIR_valid, {_UNGATED}"),
+}
+
+
+@pytest.mark.parametrize("splits, submissions, name, roles, gates, note", FITTING.values(), ids=FITTING.keys())
+def test_fitting_rules_pick_rules_whose_splits_and_gates_the_run_has(splits, submissions, name, roles, gates, note):
+    from esr_eval.ranking import fitting_rules
+
+    choice = fitting_rules(splits, submissions)
+    assert (choice.protocol.name, (choice.protocol.split_for("valid"), choice.protocol.split_for("test"))) == (name, roles)
+    assert (len(choice.protocol.gates), choice.note) == (gates, note)
+    assert ("ungated" in choice.protocol.description) == (_UNGATED in (note or ""))
+
+
+def test_fitting_rules_on_a_set5_run_without_bicubic_rank_entries_instead_of_nobody(tmp_path: Path) -> None:
+    from esr_eval.ranking import fitting_rules
+
+    run = write_synthetic_run(tmp_path / "set5", n_submissions=8, splits=("Set5",), images_per_split=4, repeats=2)
+    tables = read_run(run)
+    without = tables.submissions[tables.submissions["submission_id"] != "team99_Bicubic"]
+    tables = dataclasses.replace(tables, submissions=without)
+    protocol = fitting_rules(tables.splits["split"], without).protocol.with_resamples(20)
+    rankings = rank(metrics_table(tables, protocol), protocol)
+    assert rankings["rank_main"].notna().sum() >= 2 and set(rankings["gate_reason"].dropna()) == {"no PSNR gate"}
+

@@ -160,3 +160,56 @@ def test_markdown_tables_escape_pipes_and_line_breaks():
     header, alignment, row = markdown_table(("name", "value"), [("a|b", "1\n2")], left=(0,)).splitlines()
     assert header.replace(" ", "") == "|name|value|" and row.replace(" ", "") == "|a\\|b|12|"
     assert re.fullmatch(r"\|:-+\|-+:\|", alignment)
+
+
+def test_rankings_integer_columns_keep_integer_types_through_a_write_and_a_read(tmp_path):
+    """Ranks and counts are int64 on disk and nullable Int64 when read back, also when the frame
+    written held them as floats with NaN (as a ranking computed in floats does)."""
+    import numpy as np
+
+    from esr_eval.records import read_rankings, write_rankings
+
+    frame = pd.DataFrame({"protocol": ["demo"] * 3, "submission_id": ["a", "b", "c"],
+                          "rank_main": [1.0, np.nan, 2.0], "metric_rank_params": [2.0, 1.0, 3.0],
+                          "params": [317_218.0, np.nan, 1e6], "num_conv": [39.0, 12.0, 7.0],
+                          "flops": [19_674_859_520.0, np.nan, 1.0], "runtime_ms": [1.5, np.nan, 2.25]})
+    schema = pq.read_schema(write_rankings(tmp_path, frame, {}))
+    integers = ["rank_main", "metric_rank_params", "params", "num_conv", "flops"]
+    assert {name: str(schema.field(name).type) for name in integers} == dict.fromkeys(integers, "int64")
+    table = read_rankings(tmp_path).table
+    assert {name: str(table[name].dtype) for name in integers} == dict.fromkeys(integers, "Int64")
+    assert table["runtime_ms"].dtype == "float64"
+    assert list(table["params"]) == [317_218, pd.NA, 1_000_000] and table.loc[0, "flops"] == 19_674_859_520
+    with pytest.raises(ValueError, match="params.*int64"):
+        write_rankings(tmp_path, frame.assign(params=[0.5, 1.0, 2.0]), {})
+
+
+def test_every_numeric_column_states_its_unit():
+    from esr_eval.records import RANKINGS_COLUMNS, RUN_JSON_KEYS, TABLES, table_columns
+
+    numeric = [c for table in TABLES for c in table_columns(table) if c.type in ("int64", "double")]
+    numeric += [c for c in RANKINGS_COLUMNS + RUN_JSON_KEYS if c.type in ("int64", "double", "number")]
+    assert [c.name for c in numeric if not c.unit] == []
+    units = {c.name: c.unit for c in table_columns("submissions") + table_columns("splits")}
+    assert {units[name] for name in ("flops_fvcore", "flops_hook_2022", "flops_audit")} == {"MACs"}
+    assert {units[name] for name in units if name.endswith("_mb")} == {"MiB (2^20 B)"}
+
+
+def test_schema_doc_covers_every_table_and_run_json_with_units():
+    text = schema_markdown()
+    for section in ("`submissions`", "`splits`", "`samples`", "`rankings`", "`run.json`"):
+        body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+        header = next(line for line in body.splitlines() if line.startswith("|"))
+        assert [cell.strip() for cell in header.strip("|").split("|")][:3] in (
+            ["column", "type", "unit"], ["key", "type", "unit"]), section
+    assert re.search(r"\| `flops_fvcore` +\| int64 +\| MACs +\|", text)
+    assert re.search(r"\| `peak_mem_mb` +\| double +\| MiB \(2\^20 B\) +\|", text)
+    assert re.search(r"\| `rank_<track>` +\| int64 +\| rank +\|", text)
+
+
+def test_run_json_documents_every_environment_key_provenance_records():
+    from esr_eval.provenance import environment
+    from esr_eval.records import RUN_JSON_KEYS
+
+    documented = {c.name.split(".", 1)[1] for c in RUN_JSON_KEYS if c.name.startswith("environment.")}
+    assert documented == set(environment())

@@ -1,7 +1,10 @@
 """Tests of esr_eval.report (HTML + Markdown + plots of a ranked run) and of the headless render."""
 from __future__ import annotations
 
+import html
 import importlib.util
+import itertools
+import json
 import re
 from pathlib import Path
 
@@ -13,8 +16,8 @@ import esr_eval.ranking
 from esr_eval.protocols import load_protocol
 from esr_eval.ranking import metrics_table, rank, rank_run
 from esr_eval.records import read_run
-from esr_eval.report import pareto_front, write_report
-from tests.support.synthetic import write_synthetic_run
+from esr_eval.report import POINT_LABEL_GID, pareto_front, psnr_runtime_figure, scores_figure, write_report
+from tests.support.synthetic import DEVICE_NAME, write_synthetic_run
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -97,7 +100,7 @@ def test_single_split_report_draws_one_panel(tmp_path: Path) -> None:
     paths = write_report(run, load_protocol("demo").with_resamples(50), out_dir=tmp_path / "out")
     assert paths.html.parent == tmp_path / "out"
     with Image.open(paths.plots[0]) as image:
-        assert image.width < image.height * 1.6  # one panel, not two side by side
+        assert image.height < image.width  # one panel, not two one above the other
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (apt-get install -y chromium)")
@@ -243,3 +246,107 @@ def test_without_matplotlib_the_report_has_every_table_and_says_why_no_plots(tmp
     assert "![" not in text and 'src="data:image/png' not in without.html.read_text(encoding="utf-8")
     tables = re.compile(r"^\|.*\|$", re.MULTILINE)
     assert tables.findall(text) == tables.findall(with_plots.markdown.read_text(encoding="utf-8"))
+
+
+
+def _renderer(figure):
+    """The renderer of ``figure`` after a draw (layout done, positions final)."""
+    figure.draw_without_rendering()
+    return figure.canvas.get_renderer()
+
+
+def _inside(outer, box) -> bool:
+    return outer.x0 <= box.x0 and box.x1 <= outer.x1 and outer.y0 <= box.y0 and box.y1 <= outer.y1
+
+
+def test_every_point_is_labelled_inside_the_figure_and_no_two_labels_overlap(report) -> None:
+    """Every measured entry has its label (one drawn clipped at the right edge with its values too),
+    each label wholly inside the figure, no two labels overlapping, and the legend off the axes."""
+    _, rankings = report
+    rankings = rankings.copy()
+    far_off = rankings.index[rankings["name"] == "SPAN"][0]
+    rankings.loc[far_off, ["name", "runtime_ms", "val_psnr_db"]] = ["MDN", 900.0, 25.0]
+    rankings.loc[far_off, "rank_main"] = None  # not ranked: off the focus of the axes, drawn clipped
+    figure = psnr_runtime_figure(rankings, load_protocol("ntire2024"))
+    renderer = _renderer(figure)
+    legend = figure.legends[0].get_window_extent(renderer)
+    assert _inside(figure.bbox, legend)
+    for axes, psnr_column in zip(figure.axes, ("val_psnr_db", "test_psnr_db"), strict=True):
+        measured = rankings[rankings[psnr_column].notna() & rankings["runtime_ms"].notna()]
+        labels = [text for text in axes.texts if text.get_gid() == POINT_LABEL_GID]
+        assert sorted(text.get_text().split(" (")[0] for text in labels) == sorted(measured["name"])
+        assert any(text.get_text().startswith("MDN (900.00 ms, ") for text in labels)
+        boxes = [text.get_window_extent(renderer) for text in labels]
+        assert [t.get_text() for t, box in zip(labels, boxes) if not _inside(figure.bbox, box)] == []
+        overlapping = [(a.get_text(), b.get_text())
+                       for (a, box_a), (b, box_b) in itertools.combinations(zip(labels, boxes), 2)
+                       if box_a.overlaps(box_b)]
+        assert overlapping == []
+        assert not legend.overlaps(axes.get_window_extent(renderer))
+
+
+def test_score_plot_legend_is_off_the_bars(report) -> None:
+    _, rankings = report
+    figure = scores_figure(rankings, load_protocol("ntire2024"), "main")
+    renderer = _renderer(figure)
+    (axes,) = figure.axes
+    legend = figure.legends[0].get_window_extent(renderer)
+    assert _inside(figure.bbox, legend) and not legend.overlaps(axes.get_window_extent(renderer))
+    assert {text.get_text() for text in figure.legends[0].get_texts()} >= {"95% interval"}
+
+
+def test_plots_are_saved_at_200_dpi_at_a_readable_size(report) -> None:
+    paths, _ = report
+    for plot in paths.plots:
+        with Image.open(plot) as image:
+            assert min(image.info["dpi"]) >= 199.5, plot.name
+            assert 1200 <= image.width <= 4000 and 600 <= image.height <= 4000, (plot.name, image.size)
+
+
+def _single_split_run(run_dir: Path) -> Path:
+    return write_synthetic_run(run_dir, n_submissions=8, seed=1, splits=("embedded",), images_per_split=4, repeats=2)
+
+
+def test_header_line_names_hardware_version_date_and_rules(tmp_path: Path) -> None:
+    import pandas as pd
+
+    run = _single_split_run(tmp_path / "run")
+    run_info = {"run_id": "run", "created_unix_s": 1767225600.0, "device": "cuda",
+                "environment": {"esr_eval_version": "0.1.0", "esr_eval_git_sha": "0123456789abcdef",
+                                "esr_eval_git_dirty": True}}
+    (run / "run.json").write_text(json.dumps(run_info), encoding="utf-8")
+    protocol = load_protocol("demo").with_resamples(20)
+    paths = write_report(run, protocol, out_dir=tmp_path / "gpu")
+    expected = (f"Hardware: GPU {DEVICE_NAME} · esr-eval 0.1.0 (git 0123456789, uncommitted changes) · "
+                f"run of 2026-01-01 00:00 UTC · rules demo, version {protocol.version}")
+    assert expected in paths.markdown.read_text(encoding="utf-8").splitlines()
+    assert f'<p class="header">{html.escape(expected)}</p>' in paths.html.read_text(encoding="utf-8")
+
+    part = next((run / "submissions").glob("*.parquet"))
+    pd.read_parquet(part).assign(device_kind="cpu", device_name="AMD EPYC 7B13", torch_num_threads=2).to_parquet(
+        part, index=False)
+    text = write_report(run, protocol, out_dir=tmp_path / "cpu").markdown.read_text(encoding="utf-8")
+    assert "Hardware: CPU AMD EPYC 7B13, 2 threads · esr-eval 0.1.0" in text
+
+
+def test_one_split_for_both_roles_gives_one_psnr_column_and_no_repeated_runtimes(tmp_path: Path) -> None:
+    run = _single_split_run(tmp_path / "run")
+    text = write_report(run, load_protocol("demo").with_resamples(20)).markdown.read_text(encoding="utf-8")
+    results = text.split("## Results", 1)[1].split("## ", 1)[0]
+    header = [cell.strip() for cell in next(line for line in results.splitlines() if line.startswith("|"))
+              .strip("|").split("|")]
+    assert "PSNR [dB] (embedded)" in header
+    assert [cell for cell in header if cell.startswith(("Val ", "Test "))] == []
+    assert len([cell for cell in header if "Runtime" in cell]) == 1
+
+
+def test_report_for_other_rules_than_the_stored_rankings_goes_beside_the_run_report(tmp_path: Path) -> None:
+    run = _single_split_run(tmp_path / "run")
+    own = load_protocol("demo").with_resamples(20)
+    rank_run(run, own)
+    assert write_report(run, own).html.parent == run / "report"
+    own_report = (run / "report" / "report.md").read_bytes()
+    other = write_report(run, load_protocol("ntire2024").with_resamples(20).with_splits("embedded", "embedded"))
+    assert other.html.parent == run / "report-ntire2024"
+    assert (run / "report" / "report.md").read_bytes() == own_report
+    assert write_report(run, own).html.parent == run / "report"

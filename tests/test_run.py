@@ -71,6 +71,19 @@ def test_fingerprint_tracks_checkpoint_protocol_and_data(factory):
     assert base != fingerprint(sub, DEFAULT.protocol_id, [split])
 
 
+
+def test_fingerprint_tracks_the_files_after_load_calls_read(factory):
+    split = embedded_split()
+    path = factory.make(with_checkpoint=False, manifest_extra={"after_load": [
+        {"method": "load_weights", "path": "model_zoo/late.pth"}]})
+    weights = factory.root / "model_zoo" / "late.pth"
+    weights.parent.mkdir(exist_ok=True)
+    weights.write_bytes(b"weights v1")
+    sub = parse_manifest(path, factory.root)
+    base = fingerprint(sub, DEFAULT.protocol_id, [split])
+    weights.write_bytes(b"weights v2")
+    assert base != fingerprint(sub, DEFAULT.protocol_id, [split])
+
 def _ledger_files(folder: RunFolder) -> dict:
     return json.loads((folder.path / "ledger.json").read_text())["files"]
 
@@ -167,6 +180,11 @@ def test_run_json_holds_only_specified_keys(tmp_path):
     folder.write_run_json(run_metadata("meta", DEFAULT, [embedded_split()], [], "in-process", "cpu",
                                        {"device_requested": "cpu"}))
     written = json.loads((folder.path / "run.json").read_text())
-    specified = {key.name: key for key in RUN_JSON_KEYS}
-    assert set(written) <= set(specified)
-    assert all(key in written for key, spec in specified.items() if not spec.nullable)
+    top_level = {key.name: key for key in RUN_JSON_KEYS if "." not in key.name}
+    nested = {key.name.split(".", 1)[1] for key in RUN_JSON_KEYS if key.name.startswith("environment.")}
+    assert set(written) <= set(top_level)
+    assert all(key in written for key, spec in top_level.items() if not spec.nullable)
+    assert set(written["environment"]) <= nested
+    assert all(key.split(".", 1)[1] in written["environment"]
+               for key, spec in {k.name: k for k in RUN_JSON_KEYS}.items()
+               if key.startswith("environment.") and not spec.nullable)

@@ -3,14 +3,18 @@
 Contract
 --------
 ``BranchFolder`` runs the statements of the prelude and of one branch symbolically, in order:
-assignments (with unpacking), imports, ``del``, expression statements and the checkpoint-key
-``if`` statement; a ``return`` ends the branch; any other statement, or a change to a model or
-checkpoint it cannot follow, is untranslatable. A prelude statement that fails only leaves its
-names opaque. ``translate_branch`` then requires ``model`` to be built from a class of a
-``models.*`` module or a file of the checkout, at most one ``load_state_dict`` on it,
-``data_range`` of 1.0 or 255.0 and an id of two digits, and assembles the validated manifest,
-whose submission id ``teamNN_Name`` must be a valid file stem; ``name`` loses its ``NN_`` team
-prefix (the model file's ``Name`` part stands in when it is not a literal string).
+assignments (with unpacking), imports, ``del``, expression statements (a model's method call
+becomes an ``after_load`` entry), the checkpoint-key ``if`` statement and the ``for`` loops of
+:mod:`~esr_eval.importer.model_idioms`; a ``return`` ends the branch; any other statement, or a
+change to a model or checkpoint it cannot follow, is untranslatable. A prelude statement that
+fails only leaves its names opaque. ``translate_branch`` refuses an empty branch (only ``pass``)
+as such, then requires ``model`` to be built from a class of a ``models.*`` module or a file of
+the checkout, at most one ``load_state_dict`` on it, ``data_range`` of 1.0 or 255.0 and an id of
+at most three digits (a three-digit id is written as a three-digit ``team_id``, noted with the
+submission id it became), and assembles the validated manifest, whose submission id
+``teamNN_Name`` must be a valid file stem; ``name`` loses its ``NN_`` team prefix (the model
+file's ``Name`` part stands in when it is not a literal string). Every refusal carries the
+manifest lines to write by hand, drafted from the branch folded leniently.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
 from esr_eval.importer.checkpoint_idioms import checkpoint_spec
+from esr_eval.importer.draft import MAX_TEAM_ID, after_load_entry, display_name, draft_lines
 from esr_eval.importer.emit import manifest_document, manifest_value
 from esr_eval.importer.expressions import ExpressionFolder
 from esr_eval.importer.model_idioms import local_module_file
@@ -45,11 +50,16 @@ class BranchFolder(ExpressionFolder):
                         self.env[node.id] = Opaque(f"is set by line {statement.lineno} of "
                                                    f"select_model, which {error.reason}")
 
-    def run(self, statements: list[ast.stmt]) -> None:
+    def run(self, statements: list[ast.stmt], lenient: bool = False) -> None:
+        """The branch's statements up to a ``return``; ``lenient`` skips the ones it cannot read
+        (leaving their names unknown) instead of stopping, to draft a manifest by hand."""
         for statement in statements:
             if isinstance(statement, ast.Return):
                 return
-            self.statement(statement)
+            if lenient:
+                self.run_prelude([statement])
+            else:
+                self.statement(statement)
 
     def statement(self, node: ast.stmt) -> None:
         if isinstance(node, (ast.Pass, ast.Global, ast.Nonlocal, ast.Assert)):
@@ -77,6 +87,8 @@ class BranchFolder(ExpressionFolder):
                     self.env.pop(target.id, None)
         elif isinstance(node, ast.If):
             self.checkpoints.key_choice_statement(node)
+        elif isinstance(node, ast.For):
+            self.models.for_loop(node)
         else:
             raise Untranslatable(f"`{type(node).__name__.lower()}` statement at line "
                                  f"{node.lineno} inside the branch: not a recognised pattern")
@@ -124,12 +136,31 @@ def translate_branch(model_id: int, branch: ast.If, prelude: list[ast.stmt],
                      base_env: Mapping[str, Any], runtime_names: frozenset[str],
                      checkout: Path, wrappers: tuple[PadWrapper, ...], checksum: bool,
                      test_demo: str) -> TranslatedBranch:
-    """Fold ``branch`` for ``model_id``; ``test_demo`` names its file in the manifest."""
-    if not 0 <= model_id <= 99:
-        raise Untranslatable(f"model_id {model_id} does not fit a two-digit team id")
-    folder = BranchFolder(model_id, base_env, runtime_names, checkout)
-    folder.run_prelude(prelude)
-    folder.run(branch.body)
+    """Fold ``branch`` for ``model_id``; ``test_demo`` names its file in the manifest. A refusal
+    carries the manifest lines to write by hand (:func:`draft_lines`)."""
+    def folded(lenient: bool) -> BranchFolder:
+        folder = BranchFolder(model_id, base_env, runtime_names, checkout)
+        folder.run_prelude(prelude)
+        folder.run(branch.body, lenient=lenient)
+        return folder
+
+    try:
+        if not 0 <= model_id <= MAX_TEAM_ID:
+            raise Untranslatable(f"model_id {model_id} does not fit a team id of two or three digits")
+        if all(isinstance(s, ast.Pass) or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))
+               for s in branch.body):
+            raise Untranslatable(f"branch for model id {model_id} is empty (`pass`): there is nothing "
+                                 "to translate; if the team has a submission, write its manifest by hand")
+        return _translated(model_id, branch, folded(lenient=False), checkout, wrappers, checksum, test_demo)
+    except Untranslatable as error:
+        if not error.manifest_lines:
+            error.manifest_lines = draft_lines(model_id, folded(lenient=True), checkout, branch.body)
+        raise
+
+
+def _translated(model_id: int, branch: ast.If, folder: BranchFolder, checkout: Path,
+                wrappers: tuple[PadWrapper, ...], checksum: bool, test_demo: str) -> TranslatedBranch:
+    """The validated manifest of a folded branch."""
     model = folder.env.get("model")
     if model is None:
         raise Untranslatable("the branch does not assign `model`")
@@ -145,16 +176,27 @@ def translate_branch(model_id: int, branch: ast.If, prelude: list[ast.stmt],
         notes.append("tuple constructor values are written as YAML lists")
     checkpoint = checkpoint_spec(folder.checkpoints.loads.get(model.uid, []), checkout,
                                  checksum, notes)
+    after_load = []
+    for call in folder.models.calls.get(model.uid, []):
+        entry, had_tuple = manifest_value(after_load_entry(call), f"arguments of `.{call.method}()`")
+        after_load.append(entry)
+        if had_tuple:
+            notes.append(f"tuple arguments of `.{call.method}()` are written as YAML lists")
     data_range = _data_range(folder.env.get("data_range"))
-    name = _display_name(folder.env.get("name"), model_id, file_stem, notes)
+    name, stood_in = display_name(folder.env.get("name"), model_id, file_stem)
+    if stood_in:
+        notes.append("`name` is not a literal string; the model file name is used instead")
     document = manifest_document(
         model_id=model_id, line=branch.lineno, source=test_demo, name=name,
         model_file=model_file, class_name=model.cls.name, args=args, kwargs=kwargs,
-        checkpoint=checkpoint, data_range=data_range,
+        checkpoint=checkpoint, after_load=after_load, data_range=data_range,
         pad_to_multiple=pad_multiple(model_id, wrappers, notes), checkout=checkout)
     submission_id, problem = submission_id_for(Path(f"team{model_id:02d}_{name}.yaml"))
     if problem is not None:
         raise Untranslatable(f"the manifest would not validate: {problem}")
+    if model_id > 99:
+        notes.append(f"model_id {model_id} has three digits: written as team_id \"{model_id}\", "
+                     f"submission id {submission_id}")
     return TranslatedBranch(model_id=model_id, line=branch.lineno, submission_id=submission_id,
                             document=document, notes=tuple(notes))
 
@@ -188,15 +230,3 @@ def _data_range(value: Any) -> float:
         shown = value.value if isinstance(value, LiteralValue) else value
         raise Untranslatable(f"`data_range` is {shown!r}; manifests accept 1.0 or 255.0")
     return float(value.value)
-
-
-def _display_name(value: Any, model_id: int, file_stem: str, notes: list[str]) -> str:
-    """``name`` without its leading ``NN_`` team prefix, else the model file's ``Name`` part."""
-    if isinstance(value, LiteralValue) and isinstance(value.value, str):
-        stripped = re.sub(rf"^0*{model_id}[_-]", "", value.value)
-        name = re.sub(r"[^A-Za-z0-9_-]+", "_", stripped).strip("_")
-        if name:
-            return name
-    if value is not None:
-        notes.append("`name` is not a literal string; the model file name is used instead")
-    return re.sub(r"^team\d+_", "", file_stem) or file_stem

@@ -5,10 +5,13 @@ Contract
 Recognised: ``torch.load(path)`` with a literal path inside the checkout (normalised to POSIX,
 relative to the checkout root); subscripts ``sd['a']['b']``; the "first key present" idiom
 written as an ``if 'k' in sd: sd = sd['k'] elif …: … else: sd = sd['j']`` statement, as
-``sd['k'] if 'k' in sd else sd['j']`` or as ``sd.get('k', sd['j'])``; and
+``sd['k'] if 'k' in sd else sd['j']``, as ``sd.get('k', sd['j'])``, or through a key name
+(``if 'k' in sd: keyname = 'k' else: keyname = 'j'``, ``keyname = 'k' if 'k' in sd else 'j'``,
+or ``keyname = 'j'`` then ``if 'k' in sd: keyname = 'k'``) read as ``sd[keyname]``; and
 ``model.load_state_dict(state, strict=…)`` with ``strict`` a literal bool (default True, as in
-torch). A fallback to the root state dict, several loads of one model, or a key holding '.' or
-'|' make the branch untranslatable. ``checkpoint_spec`` turns the recognised load into an
+torch). A fallback to the root state dict, several loads of one model, a method of the model
+called before its load, or a key holding '.' or '|' make the branch untranslatable; a refused
+key choice names the forms that are read. ``checkpoint_spec`` turns the recognised load into an
 :class:`esr_eval.manifest.CheckpointSpec` (key syntax: None = root, ``a.b`` nested, ``x|y`` first
 present); ``trusted_pickle`` is always false, so ``weights_only=False`` is noted, never copied.
 """
@@ -24,6 +27,7 @@ from esr_eval.hashing import file_sha256
 from esr_eval.importer.emit import validated
 from esr_eval.importer.values import (
     CheckpointValue,
+    KeyChoice,
     LiteralValue,
     Load,
     ModelValue,
@@ -79,30 +83,70 @@ class CheckpointIdioms:
         return normal
 
     def key_choice_statement(self, node: ast.If) -> None:
-        """``if 'params_ema' in sd: sd = sd['params_ema'] [elif …] else: sd = sd['params']``."""
+        """The "first key present" idiom as a statement. Each arm tests ``'k' in sd`` and binds one
+        name, to the state dict (``x = sd['k']``) or to the key's name (``keyname = 'k'``, later
+        read as ``sd[keyname]``); the last alternative is the final ``else``, or, without one, what
+        the name held before (``keyname = 'params'`` then ``if 'params_ema' in sd: …``)."""
         alternatives: list[str] = []
-        target = base = None
+        arm: tuple[str, CheckpointValue, bool] | None = None
         current: ast.If | None = node
         while current is not None:
             tested = self.tested_key(current.test)
-            picked = self.picked_key(current.body)
-            if tested is None or picked is None or picked[1:] != tested or (
-                    target is not None and (picked[0], picked[2]) != (target, base)):
-                raise Untranslatable(f"`if` statement at line {current.lineno} inside the "
-                                     "branch: not a recognised pattern")
-            target, key, base = picked
+            if tested is None:  # not about a key: its body is never folded (folding may change names)
+                raise Untranslatable(key_choice_reason(current.lineno, False))
+            picked = self.assignment(current.body)
+            if picked is None:
+                raise Untranslatable(key_choice_reason(current.lineno, True))
+            key, base = tested
+            target, value = picked
+            by_name = value == LiteralValue(key)
+            if not (by_name or value == base.then(key)) or arm not in (None, (target, base, by_name)):
+                raise Untranslatable(key_choice_reason(current.lineno, True))
+            arm = (target, base, by_name)
             alternatives.append(key)
             orelse = current.orelse
             current = orelse[0] if len(orelse) == 1 and isinstance(orelse[0], ast.If) else None
-            if current is None:
-                if not orelse:
-                    raise Untranslatable(root_fallback_reason(node.lineno, alternatives))
-                final = self.picked_key(orelse)
-                if final is None or (final[0], final[2]) != (target, base):
-                    raise Untranslatable(f"`else` of the `if` at line {node.lineno} inside the "
-                                         "branch: not a recognised pattern")
-                alternatives.append(final[1])
-        self.folder.env[target] = base.then(*alternatives)
+        target, base, by_name = arm
+        if orelse:
+            picked = self.assignment(orelse)
+            if picked is None or picked[0] != target:
+                raise Untranslatable(f"`else` of the `if` at line {node.lineno} inside the branch: not a "
+                                     "recognised pattern; " + KEY_IDIOMS)
+            fallback = picked[1]
+        else:
+            fallback = self.folder.env.get(target)
+        if by_name:
+            choice = self.key_name_choice(node, base, alternatives, fallback)
+            if isinstance(choice, Opaque):
+                raise Untranslatable(f"the `if` at line {node.lineno} leaves `{target}` without a key "
+                                     f"name when {' and '.join(map(repr, alternatives))} "
+                                     f"{'is' if len(alternatives) == 1 else 'are'} absent: not "
+                                     "a recognised pattern; " + KEY_IDIOMS)
+            self.folder.env[target] = choice
+            return
+        if fallback is None:
+            raise Untranslatable(root_fallback_reason(node.lineno, alternatives))
+        choice = self.key_or_fallback(node, base, alternatives[0], fallback, alternatives[1:])
+        if isinstance(choice, Opaque):
+            raise Untranslatable(f"`else` of the `if` at line {node.lineno} inside the branch: not a "
+                                 "recognised pattern; " + KEY_IDIOMS)
+        self.folder.env[target] = choice
+
+    def assignment(self, body: list[ast.stmt]) -> tuple[str, Any] | None:
+        """(name, folded value) of a body that is one ``name = value``."""
+        if not (len(body) == 1 and isinstance(body[0], ast.Assign)
+                and len(body[0].targets) == 1 and isinstance(body[0].targets[0], ast.Name)):
+            return None
+        return body[0].targets[0].id, self.folder.value(body[0].value)
+
+    def key_name_choice(self, node: ast.AST, base: CheckpointValue, keys: list[str],
+                        fallback: Any) -> KeyChoice | Opaque:
+        """The key name ``keys[0]`` if present in ``base``, … else ``fallback`` (a name or a choice)."""
+        if isinstance(fallback, LiteralValue) and isinstance(fallback.value, str):
+            return KeyChoice(base, (*keys, fallback.value))
+        if isinstance(fallback, KeyChoice) and fallback.checkpoint == base:
+            return KeyChoice(base, (*keys, *fallback.keys))
+        return unrecognised(node)
 
     def tested_key(self, test: ast.expr) -> tuple[str, CheckpointValue] | None:
         """``'k' in sd`` or ``'k' in sd.keys()`` with ``sd`` a loaded checkpoint."""
@@ -117,36 +161,28 @@ class CheckpointIdioms:
         checkpoint = self.folder.value(container)
         return (test.left.value, checkpoint) if isinstance(checkpoint, CheckpointValue) else None
 
-    def picked_key(self, body: list[ast.stmt]) -> tuple[str, str, CheckpointValue] | None:
-        """(target, key, checkpoint) of a lone ``x = sd['k']``."""
-        if not (len(body) == 1 and isinstance(body[0], ast.Assign)
-                and len(body[0].targets) == 1 and isinstance(body[0].targets[0], ast.Name)):
-            return None
-        value = body[0].value
-        if not (isinstance(value, ast.Subscript) and isinstance(value.slice, ast.Constant)
-                and isinstance(value.slice.value, str)):
-            return None
-        checkpoint = self.folder.value(value.value)
-        if not isinstance(checkpoint, CheckpointValue):
-            return None
-        return body[0].targets[0].id, value.slice.value, checkpoint
-
     def if_expression(self, node: ast.IfExp, key: str, base: CheckpointValue) -> Any:
-        """``sd['k'] if 'k' in sd else <fallback>``, the test already read by ``tested_key``."""
-        if self.folder.value(node.body) != base.then(key):
+        """``sd['k'] if 'k' in sd else <fallback>`` or ``'k' if 'k' in sd else 'j'`` (a key name),
+        the test already read by ``tested_key``."""
+        body = self.folder.value(node.body)
+        if body == LiteralValue(key):
+            return self.key_name_choice(node, base, [key], self.folder.value(node.orelse))
+        if body != base.then(key):
             return unrecognised(node)
         return self.key_or_fallback(node, base, key, self.folder.value(node.orelse))
 
-    def key_or_fallback(self, node: ast.expr, base: CheckpointValue, key: str,
-                        fallback: Any) -> Any:
-        """``base[key]`` if present, else ``fallback``, which must be ``base[other key…]``."""
+    def key_or_fallback(self, node: ast.expr | ast.stmt, base: CheckpointValue, key: str,
+                        fallback: Any, more: list[str] | None = None) -> Any:
+        """``base[key]`` if present (then ``base[more…]``), else ``fallback``, which must be
+        ``base[other key…]``."""
+        keys = [key, *(more or [])]
         if fallback == base:
-            raise Untranslatable(root_fallback_reason(node.lineno, [key]))
+            raise Untranslatable(root_fallback_reason(node.lineno, keys))
         if not (isinstance(fallback, CheckpointValue) and fallback.path == base.path
                 and fallback.steps[:-1] == base.steps
                 and len(fallback.steps) == len(base.steps) + 1):
             return unrecognised(node)
-        return base.then(key, *fallback.steps[-1])
+        return base.then(*keys, *fallback.steps[-1])
 
     def method(self, node: ast.Call, checkpoint: CheckpointValue) -> Any:
         """``sd.get('params_ema', sd['params'])``; other methods are not recognised."""
@@ -176,8 +212,24 @@ class CheckpointIdioms:
         if not (isinstance(strict, LiteralValue) and isinstance(strict.value, bool)):
             raise Untranslatable(f"`strict` of load_state_dict (line {node.lineno}) is not "
                                  "True or False")
+        earlier = self.folder.models.calls.get(model.uid)
+        if earlier:
+            raise Untranslatable(f"`.{earlier[0].method}()` at line {earlier[0].line} is called before "
+                                 f"load_state_dict (line {node.lineno}); a manifest's `after_load` calls "
+                                 "run after the weights load, so that order cannot be kept")
         self.loads.setdefault(model.uid, []).append(Load(state, strict.value, node.lineno))
         return Opaque(f"is the result of load_state_dict (line {node.lineno})")
+
+
+KEY_IDIOMS = ("import-ntire reads `if 'k' in sd: sd = sd['k'] else: sd = sd['j']`, "
+              "`keyname = 'k' if 'k' in sd else 'j'` then `sd[keyname]`, and `sd.get('k', sd['j'])` as "
+              "`checkpoint.key: k|j` (the first key present)")
+
+
+def key_choice_reason(line: int, tests_a_key: bool) -> str:
+    """Why an ``if`` is refused; one that tests a checkpoint key names the key forms read."""
+    reason = f"`if` statement at line {line} inside the branch: not a recognised pattern"
+    return f"{reason}; {KEY_IDIOMS}" if tests_a_key else reason
 
 
 def root_fallback_reason(line: int, keys: list[str]) -> str:

@@ -9,7 +9,8 @@ makes the branch :class:`Untranslatable`, naming the field. ``manifest_value`` f
 folded constructor values into YAML values (tuples become lists, which the caller notes).
 ``manifest_text`` writes the validated document: a comment naming the source line, then the
 keys the importer set (``exclude_unset``), in the model's field order; ``team_id`` and any
-other digit-only string are quoted, so "08" never reads back as a number.
+other digit-only string are quoted, so "08" never reads back as a number. ``flow_yaml`` writes
+one value on one line the same way (for the lines shown for untranslated branches).
 """
 
 from __future__ import annotations
@@ -66,23 +67,29 @@ def validated(model: type[Model], fields: Mapping[str, Any], checkout: Path,
 
 def manifest_document(*, model_id: int, line: int, source: str, name: str, model_file: str,
                       class_name: str, args: list[Any], kwargs: dict[str, Any],
-                      checkpoint: CheckpointSpec | None, data_range: float,
-                      pad_to_multiple: int | None, checkout: Path) -> ManifestDocument:
+                      checkpoint: CheckpointSpec | None, after_load: list[dict[str, Any]],
+                      data_range: float, pad_to_multiple: int | None,
+                      checkout: Path) -> ManifestDocument:
     """The validated manifest of one branch; ``source`` names the file it came from."""
     fields: dict[str, Any] = {
         "team_id": f"{model_id:02d}", "name": name,
         "model": {"file": model_file, "class": class_name, "args": args, "kwargs": kwargs}}
     if checkpoint is not None:
         fields["checkpoint"] = checkpoint
+    if after_load:
+        fields["after_load"] = after_load
     fields.update(data_range=data_range, scale=SCALE)
     if pad_to_multiple is not None:
         fields["adapter"] = {"pad_to_multiple": pad_to_multiple}
     origin = f"{source}, model_id {model_id} (line {line})"
     model_path = checkout / model_file
     requirements = declared_requirements(import_sites(model_path, checkout)) if model_path.is_file() else ()
+    loaded_by_call = any("path" in call for call in after_load)
     fields.update(requirements=list(requirements), weights=(
         f"checkpoint as loaded by {origin}; imported by esr-eval import-ntire"
         if checkpoint is not None
+        else f"weights loaded by the model's own method, as {origin}; imported by esr-eval import-ntire"
+        if loaded_by_call
         else f"no checkpoint is loaded by {origin}; imported by esr-eval import-ntire"))
     return validated(ManifestDocument, fields, checkout)
 
@@ -94,6 +101,13 @@ def manifest_text(branch: TranslatedBranch, source: str) -> str:
     body = yaml.dump(branch.document.model_dump(by_alias=True, exclude_unset=True),
                      Dumper=_ManifestDumper, sort_keys=False, allow_unicode=True, width=100)
     return header + body
+
+
+def flow_yaml(value: Any) -> str:
+    """``value`` as one line of YAML (flow style), quoted as in a written manifest."""
+    text = yaml.dump(value, Dumper=_ManifestDumper, default_flow_style=True, allow_unicode=True,
+                     width=10_000, sort_keys=False)
+    return text.removesuffix("\n").removesuffix("\n...").strip()
 
 
 class _ManifestDumper(yaml.SafeDumper):

@@ -6,7 +6,9 @@ Contract
 expression. It folds literals itself: constants, containers (with ``*``/``**`` unpacking),
 f-strings, arithmetic, subscripts and conditional expressions on literals, ``os.path.join``,
 ``dict(...)`` and the other pure calls of ``_PURE_CALLS``, string methods, and names bound in
-``env`` (``model_id`` folds to the branch's id). Model patterns go to ``self.models``
+``env`` (``model_id`` folds to the branch's id); ``sd[keyname]`` with ``keyname`` a
+:class:`KeyChoice` on ``sd`` is that checkpoint's first key present. A method call on a part of a
+model (``model.body.fuse()``) is untranslatable. Model patterns go to ``self.models``
 (:class:`ModelIdioms`), checkpoint patterns to ``self.checkpoints`` (:class:`CheckpointIdioms`).
 A name of ``runtime_names`` (the parameters of ``select_model``) is opaque, as is an unknown
 function's result; models and checkpoints handed to an unknown function become opaque too,
@@ -27,11 +29,13 @@ from esr_eval.importer.syntax import dotted, is_model_id_ref, source
 from esr_eval.importer.values import (
     CheckpointValue,
     ClassRef,
+    KeyChoice,
     LiteralValue,
     ModelValue,
     ModuleRef,
     NotLiteral,
     Opaque,
+    Untranslatable,
     unrecognised,
 )
 
@@ -189,6 +193,11 @@ class ExpressionFolder:
         if isinstance(owner, CheckpointValue) and isinstance(index, LiteralValue) and isinstance(
                 index.value, str):
             return owner.then(index.value)
+        if isinstance(owner, CheckpointValue) and isinstance(index, KeyChoice):
+            if index.checkpoint == owner:
+                return owner.then(*index.keys)
+            return Opaque(f"is `{source(node)}` (line {node.lineno}), whose key is chosen by testing "
+                          "another checkpoint: not a recognised pattern")
         if isinstance(owner, LiteralValue) and isinstance(index, LiteralValue):
             return self.fold(node, operator.getitem, node.value, node.slice)
         if isinstance(owner, Opaque):
@@ -225,6 +234,14 @@ class ExpressionFolder:
                 return self.models.method(node, owner)
             if isinstance(owner, CheckpointValue):
                 return self.checkpoints.method(node, owner)
+            root = node.func.value
+            while isinstance(root, (ast.Attribute, ast.Subscript)):
+                root = root.value
+            if isinstance(root, ast.Name) and isinstance(self.env.get(root.id), ModelValue):
+                raise Untranslatable(f"`{source(node)}` at line {node.lineno} calls a method of a part "
+                                     "of the model: not a recognised pattern; `after_load` calls a "
+                                     "method of the model itself, or with `each_module: true` of every "
+                                     "module that has it")
             if isinstance(owner, LiteralValue) and isinstance(owner.value, str) \
                     and node.func.attr in _LITERAL_STR_METHODS:
                 return self.pure_call(node, getattr(owner.value, node.func.attr))

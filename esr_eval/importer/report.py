@@ -4,8 +4,9 @@ Contract
 --------
 ``TranslatedBranch`` holds the validated :class:`esr_eval.manifest.ManifestDocument` of one
 ``model_id`` (its fields are also readable on the branch) plus the notes a reviewer should read;
-``UntranslatedBranch`` holds the line of the ``if``/``elif`` and the reason it was left out;
-``ImportReport.summary_text`` lists both for the command line. ``NtireImportError`` is raised
+``UntranslatedBranch`` holds the line of the ``if``/``elif``, the reason it was left out and the
+manifest lines to write by hand instead; ``ImportReport.summary_text`` lists both for the command
+line, those lines indented under their branch. ``NtireImportError`` is raised
 when the file cannot be read as an NTIRE-style ``select_model`` chain at all.
 """
 
@@ -71,11 +72,13 @@ class TranslatedBranch:
 
 @dataclass(frozen=True)
 class UntranslatedBranch:
-    """A branch left out, with the line of its ``if``/``elif`` and the reason."""
+    """A branch left out, with the line of its ``if``/``elif``, the reason, and the manifest lines
+    to write by hand instead (empty when the branch tests no model id)."""
 
     line: int
     model_ids: tuple[int, ...]
     reason: str
+    manifest_lines: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,4 +104,7 @@ class ImportReport:
             for branch in self.untranslated:
                 ids = ", ".join(str(i) for i in branch.model_ids) or "none"
                 lines.append(f"  line {branch.line} (model_id {ids}): {branch.reason}")
+                if branch.manifest_lines:
+                    lines.append("      write instead:")
+                    lines.extend(f"        {line}" for line in branch.manifest_lines)
         return "\n".join(lines)

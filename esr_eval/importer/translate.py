@@ -77,6 +77,7 @@ def translate_test_demo(checkout: Path, *, checksum: bool = False,
                     model_id, branch, prelude, base_env, runtime_names, checkout,
                     wrappers.get(model_id, ()), checksum, test_demo))
             except Untranslatable as error:
-                untranslated.append(UntranslatedBranch(branch.lineno, (model_id,), error.reason))
+                untranslated.append(UntranslatedBranch(branch.lineno, (model_id,), error.reason,
+                                                       error.manifest_lines))
     untranslated.sort(key=lambda b: b.line)
     return tuple(translated), tuple(untranslated)

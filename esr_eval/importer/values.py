@@ -6,10 +6,13 @@ Every expression of a branch folds to one of these frozen values, compared by va
 ``LiteralValue`` (a Python value known without running anything), ``Opaque`` (unknown; its
 ``reason`` reads after a subject, as in "model <reason>"), ``ModuleRef`` / ``ClassRef`` (a module
 or class of the checkout), ``ModelValue`` (an instance of a ``ClassRef`` built with literal
-arguments; ``uid`` tells instances apart) or ``CheckpointValue`` (``torch.load(path)`` followed by
-key steps). ``Load`` records one ``load_state_dict`` call. ``Untranslatable`` ends the translation
-of a branch with a reason for the report; ``NotLiteral`` is raised inside folding when an
-operand is not a literal, and caught there.
+arguments; ``uid`` tells instances apart), ``CheckpointValue`` (``torch.load(path)`` followed by
+key steps) or ``KeyChoice`` (a key name chosen as the first of some keys present in a checkpoint,
+as ``keyname`` in ``if 'params_ema' in sd: keyname = 'params_ema' else: keyname = 'params'``).
+``Load`` records one ``load_state_dict`` call, ``MethodCall`` one call of a model's method (an
+``after_load`` entry). ``Untranslatable`` ends the translation of a branch with a reason for the
+report (and, once known, the manifest lines to write by hand); ``NotLiteral`` is raised inside
+folding when an operand is not a literal, and caught there.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from esr_eval.importer.syntax import source
 
 
 class Untranslatable(Exception):
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, manifest_lines: tuple[str, ...] = ()):
         super().__init__(reason)
         self.reason = reason
+        self.manifest_lines = manifest_lines
 
 
 class NotLiteral(Exception):
@@ -81,7 +85,28 @@ class CheckpointValue:
 
 
 @dataclass(frozen=True)
+class KeyChoice:
+    """A key name: the first of ``keys`` present in ``checkpoint``."""
+
+    checkpoint: CheckpointValue
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Load:
     checkpoint: CheckpointValue
     strict: bool
     line: int
+
+
+@dataclass(frozen=True)
+class MethodCall:
+    """``model.<method>(…)`` with literal arguments (``path``: a checkout file passed first), or with
+    ``each_module`` the same call on every module of ``model.modules()`` that has the method."""
+
+    line: int
+    method: str
+    path: str | None = None
+    args: tuple[Any, ...] = ()
+    kwargs: tuple[tuple[str, Any], ...] = ()
+    each_module: bool = False
