@@ -272,8 +272,9 @@ def _hardware(submissions: pd.DataFrame, run_info: Mapping[str, Any]) -> str:
             gpus = group["gpu_uuid"].dropna().nunique()
             parts.append(f"GPU {name}" + (f" (x{gpus})" if gpus > 1 else ""))
         elif kind == "cpu":
-            threads = "/".join(str(int(n)) for n in sorted(group["torch_num_threads"].dropna().unique()))
-            parts.append(f"CPU {name}" + (f", {threads} threads" if threads else ""))
+            counts = sorted(int(n) for n in group["torch_num_threads"].dropna().unique())
+            threads = "/".join(map(str, counts)) + (" torch thread" if counts == [1] else " torch threads")
+            parts.append(f"CPU {name}" + (f", {threads}" if counts else ""))
         else:
             parts.append(str(name))
     if parts:

@@ -326,7 +326,7 @@ def test_header_line_names_hardware_version_date_and_rules(tmp_path: Path) -> No
     pd.read_parquet(part).assign(device_kind="cpu", device_name="AMD EPYC 7B13", torch_num_threads=2).to_parquet(
         part, index=False)
     text = write_report(run, protocol, out_dir=tmp_path / "cpu").markdown.read_text(encoding="utf-8")
-    assert "Hardware: CPU AMD EPYC 7B13, 2 threads · esr-eval 0.1.0" in text
+    assert "Hardware: CPU AMD EPYC 7B13, 2 torch threads · esr-eval 0.1.0" in text
 
 
 def test_one_split_for_both_roles_gives_one_psnr_column_and_no_repeated_runtimes(tmp_path: Path) -> None:
