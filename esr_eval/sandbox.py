@@ -17,6 +17,8 @@ nonce. What comes back is untrusted and checked by the caller.
   traceback.
 * :meth:`Sandbox.close` ends the process (SIGKILL). Processes the submission spawned are the
   caller's to reap (:func:`esr_eval.containment.contained`, which makes the evaluator a subreaper).
+* ``forkserver``: the sandbox is forked by an :class:`esr_eval.forkserver.ForkServer` (a process
+  that made the imports once) instead of a fresh interpreter; it is the same sandbox otherwise.
 * :func:`prestart` starts a sandbox before its device is known (a Ray actor does, while it starts
   up); :func:`obtain` takes it, or starts one. Each sandbox serves one submission.
 * :class:`RemoteAdapter` gives the sandboxed model the interface of
@@ -44,6 +46,7 @@ import torch
 
 import esr_eval
 from esr_eval import landlock
+from esr_eval.forkserver import ForkedProcess, ForkServer, ForkServerError
 from esr_eval.quality import to_uint8
 from esr_eval.timing import CallTiming
 from esr_eval.wire import WireError, read_shared, receive, send
@@ -53,6 +56,15 @@ SHARED_BYTES = 256 << 20  # the largest output passed through shared memory (a 4
 LOG_TAIL_BYTES = 2000
 _KEPT_ENV = ("PATH", "LANG", "LC_ALL", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "LD_LIBRARY_PATH",
              "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG")
+
+
+def sandbox_env(folder: Path) -> dict[str, str]:
+    """A sandbox's whole environment: a few of the evaluator's variables (no Ray addresses, no
+    credentials) and its private folder as ``HOME`` and ``TMPDIR``."""
+    env = {key: os.environ[key] for key in _KEPT_ENV if key in os.environ}
+    env.update(HOME=str(folder), TMPDIR=str(folder), MPLCONFIGDIR=str(folder),
+               PYTHONPATH=str(Path(esr_eval.__file__).resolve().parent.parent), PYTHONDONTWRITEBYTECODE="1")
+    return env
 
 
 class SandboxError(RuntimeError):
@@ -108,23 +120,28 @@ def restrict(sandbox: "Sandbox", sub, memory_limit_mb: int | None, use_landlock:
 class Sandbox:
     """One sandbox process for one submission (see the module docstring)."""
 
-    def __init__(self, device: str | None = "cpu", torch_threads: int | None = None):
+    def __init__(self, device: str | None = "cpu", torch_threads: int | None = None,
+                 forkserver: ForkServer | None = None):
         self.device = None
         self.folder = Path(tempfile.mkdtemp(prefix="esr-sandbox-"))
         self.log_path = self.folder / "sandbox.log"
         request_read, self._request_write = os.pipe()
         self._reply_read, reply_write = os.pipe()
         self._shared, shared_fd = _shared_buffer()
-        env = {key: os.environ[key] for key in _KEPT_ENV if key in os.environ}
-        env.update(HOME=str(self.folder), TMPDIR=str(self.folder), MPLCONFIGDIR=str(self.folder),
-                   PYTHONPATH=str(Path(esr_eval.__file__).resolve().parent.parent), PYTHONDONTWRITEBYTECODE="1")
+        env = sandbox_env(self.folder)
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "esr_eval.sandbox_child", str(request_read), str(reply_write), str(os.getpid()),
-                 str(shared_fd)],
-                pass_fds=tuple(fd for fd in (request_read, reply_write, shared_fd) if fd >= 0),
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                cwd=self.folder, env=env, start_new_session=True)
+            self.process: subprocess.Popen | ForkedProcess | None = None
+            if forkserver is not None:
+                with contextlib.suppress(ForkServerError):  # a server that stopped: a fresh interpreter instead
+                    self.process = forkserver.spawn(
+                        [fd for fd in (request_read, reply_write, log.fileno(), shared_fd) if fd >= 0], self.folder, env)
+            if self.process is None:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", "esr_eval.sandbox_child", str(request_read), str(reply_write),
+                     str(os.getpid()), str(shared_fd)],
+                    pass_fds=tuple(fd for fd in (request_read, reply_write, shared_fd) if fd >= 0),
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                    cwd=self.folder, env=env, start_new_session=True)
         for fd in (request_read, reply_write, shared_fd):
             if fd >= 0:
                 os.close(fd)

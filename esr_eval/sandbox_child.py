@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import io
+import json
 import mmap
 import os
 import resource
@@ -206,12 +207,25 @@ def serve(requests, replies, child: _Child) -> None:
         del header, arrays, reply, out  # keep no input or output of one call into the next
 
 
-def main(argv: list[str]) -> None:
-    request_fd, reply_fd, parent_pid, shared_fd = int(argv[1]), int(argv[2]), int(argv[3]), int(argv[4])
+def _die_with_parent(parent_pid: int) -> None:
+    """SIGKILL this process when its parent ends; exit now if the parent already has."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:
-        sys.exit(1)
+        os._exit(1)
+
+
+def main(argv: list[str]) -> None:
+    if argv[1] == "--zygote":
+        zygote(int(argv[2]), int(argv[3]))
+        return
+    request_fd, reply_fd, parent_pid, shared_fd = int(argv[1]), int(argv[2]), int(argv[3]), int(argv[4])
+    _die_with_parent(parent_pid)
+    run(request_fd, reply_fd, shared_fd)
+
+
+def run(request_fd: int, reply_fd: int, shared_fd: int) -> None:
+    """Announce the start, take the device, serve (what a sandbox does once its imports are made)."""
     requests, replies = os.fdopen(request_fd, "rb"), os.fdopen(reply_fd, "wb")
     send(replies, dict(nonce="started", pid=os.getpid()))  # imports done: ready for its device
     header, _ = receive(requests)
@@ -219,6 +233,81 @@ def main(argv: list[str]) -> None:
     child = _Child(torch.device(header["device"]), header.get("torch_threads"), shared)
     send(replies, dict(nonce=header.get("nonce"), pid=os.getpid(), torch=torch.__version__))
     serve(requests, replies, child)
+
+
+def _forked_sandbox(message: dict, fds: list[int], zygote_pid: int) -> None:
+    """In a fresh fork of the zygote: become a sandbox exactly as a fresh interpreter would be
+    (own session, log as stdout/stderr, private folder and environment, only its three descriptors
+    open), serve, and exit without running anything of the zygote's."""
+    status = 1
+    try:
+        request_fd, reply_fd, log_fd, *rest = fds
+        shared_fd = rest[0] if rest else -1
+        os.setsid()
+        _die_with_parent(zygote_pid)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        keep = {0, 1, 2, request_fd, reply_fd, shared_fd}
+        for fd in map(int, os.listdir("/proc/self/fd")):
+            if fd not in keep:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        os.chdir(message["folder"])
+        os.environ.clear()
+        os.environ.update(message["env"])
+        sys.dont_write_bytecode = True
+        run(request_fd, reply_fd, shared_fd)
+        status = 0
+    except BaseException:  # noqa: BLE001 (the fork must never return into the zygote's loop)
+        traceback.print_exc()
+    finally:  # flush what Python and C stdio buffered, as an interpreter's exit does
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None).fflush(None)
+        os._exit(status)
+
+
+def zygote(sock_fd: int, parent_pid: int) -> None:
+    """The fork server (:class:`esr_eval.forkserver.ForkServer`): imports made once, then one fork
+    per sandbox asked for on the socket; each child's exit status is reported back. It never runs
+    a submission's code itself and ends when the socket closes (its children die with it)."""
+    import select
+    import socket
+
+    import torch._dynamo  # noqa: F401 (what FlopCounterMode imports on first use: inherited by every fork)
+
+    _die_with_parent(parent_pid)
+    sock = socket.socket(fileno=sock_fd)
+    children: dict[int, int] = {}  # pidfd -> pid
+
+    def tell(message: dict) -> None:
+        sock.send(json.dumps(message).encode())
+
+    tell(dict(started=os.getpid()))
+    while True:
+        ready, _, _ = select.select([sock, *children], [], [])
+        for handle in ready:
+            if handle is not sock:
+                pid = children.pop(handle)
+                _, status = os.waitpid(pid, 0)
+                os.close(handle)
+                tell(dict(exited=pid, status=os.waitstatus_to_exitcode(status)))
+                continue
+            data, fds, _, _ = socket.recv_fds(sock, 1 << 16, 8)
+            if not data:
+                return
+            sys.stdout.flush()
+            sys.stderr.flush()
+            zygote_pid = os.getpid()
+            pid = os.fork()
+            if pid == 0:
+                _forked_sandbox(json.loads(data), fds, zygote_pid)
+            for fd in fds:
+                os.close(fd)
+            children[os.pidfd_open(pid)] = pid
+            tell(dict(spawned=pid))
 
 
 if __name__ == "__main__":

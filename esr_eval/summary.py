@@ -5,8 +5,11 @@ Contract
 --------
 * :func:`summarize` measures each submission in a fresh sandbox process, the evaluator's
   (:class:`esr_eval.sandbox.Sandbox`: memory limit, Landlock, LR-only requests): ``restrict`` →
-  ``load`` → ``complexity`` on the probe input. Up to ``jobs`` sandboxes run at once (default:
-  the CPUs this process may use), driven from threads of this process, each with
+  ``load`` → ``complexity`` on the probe input. For more than one submission the sandboxes are
+  forked by one :class:`esr_eval.forkserver.ForkServer` (the interpreter start and the imports,
+  about 3.5 CPU-s, paid once); where it is unavailable, each is a fresh interpreter. Up to
+  ``jobs`` sandboxes run at once (default: the CPUs this process may use), driven from threads of
+  this process, each with
   ``max(1, cpus // jobs)`` torch threads; the whole run is wrapped in
   :func:`esr_eval.containment.contained`, so nothing a submission spawns outlives the command.
 * The numbers are :func:`esr_eval.complexity.measure_complexity`'s on the submission's model, as
@@ -38,11 +41,12 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, TextIO
+from typing import Iterable, Iterator, TextIO
 
 import pandas as pd
 from tqdm import tqdm
@@ -50,8 +54,10 @@ from tqdm import tqdm
 from esr_eval.complexity import Complexity, complexity_from_reply
 from esr_eval.containment import contained
 from esr_eval.evaluate import MESSAGE_CHARS, describe_failure
+from esr_eval.forkserver import ForkServer, ForkServerError
+from esr_eval.forkserver import available as forkserver_available
 from esr_eval.manifest import Submission, SubmissionError
-from esr_eval.sandbox import RemoteError, Sandbox, SandboxTimeout, restrict
+from esr_eval.sandbox import RemoteError, Sandbox, SandboxTimeout, restrict, sandbox_env
 from esr_eval.settings import DEFAULT_INPUT_SHAPE, DEFAULT_MEMORY_LIMIT_MB
 from esr_eval.validation import printable
 
@@ -98,9 +104,9 @@ class _SummarySandbox(Sandbox):
     """The evaluator's sandbox process, every request bounded by ``timeout_s``, ended so that what
     the submission printed is flushed to its log (:meth:`Sandbox.finish`)."""
 
-    def __init__(self, device: str, torch_threads: int, timeout_s: float):
+    def __init__(self, device: str, torch_threads: int, timeout_s: float, forkserver: ForkServer | None):
         self.timeout_s = timeout_s
-        super().__init__(device, torch_threads)
+        super().__init__(device, torch_threads, forkserver)
 
     def request(self, op: str, arrays=(), timeout_s: float | None = None, **header) -> dict:
         return super().request(op, arrays, timeout_s or self.timeout_s, **header)
@@ -168,12 +174,12 @@ def _captured(log_path: Path, offset: int) -> tuple[str, int]:
     return "\n".join(printable(line, None) for line in text.splitlines()), int(lines)
 
 
-def _measure(sub: Submission, options: _Options) -> SummaryRow:
+def _measure(sub: Submission, options: _Options, forkserver: ForkServer | None) -> SummaryRow:
     """One submission in its own sandbox: restrict, load, count; never raises for its faults."""
     started = time.perf_counter()
     stage, sandbox, offset, output = "load", None, 0, ("", 0)
     try:
-        sandbox = _SummarySandbox(options.device, options.torch_threads, options.timeout_s)
+        sandbox = _SummarySandbox(options.device, options.torch_threads, options.timeout_s, forkserver)
         restrict(sandbox, sub, options.memory_limit_mb, options.landlock)
         offset = sandbox.log_size()  # what the sandbox wrote before the submission's code, not its output
         loaded = sandbox.request("load")
@@ -196,6 +202,22 @@ def _measure(sub: Submission, options: _Options) -> SummaryRow:
             sandbox.close()
 
 
+@contextlib.contextmanager
+def _fork_server(count: int) -> Iterator[ForkServer | None]:
+    """A fork server for more than one submission where the system has one (each sandbox then
+    skips the interpreter start and the imports); None: each sandbox is a fresh interpreter."""
+    if count < 2 or not forkserver_available():
+        yield None
+        return
+    try:
+        server = ForkServer(sandbox_env(Path(tempfile.gettempdir())))
+    except ForkServerError:
+        yield None
+        return
+    with server:
+        yield server
+
+
 def summarize(subs: list[Submission], manifest_errors: Iterable[SubmissionError] = (), *,
               input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE, device: str = "cpu", jobs: int | None = None,
               timeout_s: float | None = None, memory_limit_mb: int | None = DEFAULT_MEMORY_LIMIT_MB,
@@ -209,8 +231,9 @@ def summarize(subs: list[Submission], manifest_errors: Iterable[SubmissionError]
     workers = min(jobs or available_cpus(), len(subs))
     options = _Options(tuple(input_shape), device, max(1, available_cpus() // workers),
                        timeout_s or DEFAULT_TIMEOUT_S, memory_limit_mb, landlock)
-    with contained(None), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="esr-summary") as pool:
-        futures = [pool.submit(_measure, sub, options) for sub in subs]
+    with contained(None), _fork_server(len(subs)) as forkserver, \
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="esr-summary") as pool:
+        futures = [pool.submit(_measure, sub, options, forkserver) for sub in subs]
         with tqdm(total=len(futures), desc="summary", unit="submission", file=sys.stderr, disable=None) as bar:
             for _ in as_completed(futures):
                 bar.update()
