@@ -1,10 +1,10 @@
 """Provenance: where and with what a number was measured.
 
 Contract: :func:`device_facts` describes the device an evaluation runs on (model, UUID, host,
-thread count, cuDNN/TF32 flags); :func:`environment` gives library versions (torch, CUDA,
-cuDNN, NVIDIA driver, Ray, numpy, fvcore, esr-eval) and the esr-eval git sha with a dirty
-flag; :func:`run_metadata` is what ``run.json`` holds (keys: ``records.RUN_JSON_KEYS``). Nothing
-here fails: an unknown fact is ``None``.
+thread count, the measuring process's niceness, cuDNN/TF32 flags); :func:`environment` gives
+library versions (torch, CUDA, cuDNN, NVIDIA driver, Ray, numpy, fvcore, esr-eval) and the
+esr-eval git sha with a dirty flag; :func:`run_metadata` is what ``run.json`` holds (keys:
+``records.RUN_JSON_KEYS``). Nothing here fails: an unknown fact is ``None``.
 
 The dirty flag (:func:`git_dirty`) is true only when a tracked file of esr-eval itself differs
 from the commit: untracked files and the folders that hold runs, submissions and data
@@ -15,6 +15,7 @@ lacks them by construction) do not count.
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import socket
 import subprocess
@@ -38,6 +39,7 @@ class DeviceFacts:
     gpu_uuid: str | None
     hostname: str
     torch_num_threads: int
+    process_niceness: int
     cudnn_benchmark: bool
     tf32_matmul: bool
     tf32_cudnn: bool
@@ -65,6 +67,7 @@ def device_facts(device: torch.device) -> DeviceFacts:
         gpu_uuid=uuid,
         hostname=socket.gethostname(),
         torch_num_threads=torch.get_num_threads(),
+        process_niceness=os.nice(0),
         cudnn_benchmark=bool(torch.backends.cudnn.benchmark),
         tf32_matmul=bool(torch.backends.cuda.matmul.allow_tf32),
         tf32_cudnn=bool(torch.backends.cudnn.allow_tf32),

@@ -164,6 +164,9 @@ class SubmissionRow:
     requirements_installed: str | None = column("`name==version; ...` of the requirements as installed in the "
                                                 "submission's environment (Ray runs)", None)
     torch_num_threads: int | None = column("torch intra-op threads", None, unit="count")
+    process_niceness: int | None = column("niceness of the measuring process (0: normal priority; Ray starts workers "
+                                          "at 15 unless `RAY_worker_niceness=0`, which esr-eval sets)", None,
+                                          unit="nice level (-20 to 19)")
     cudnn_benchmark: bool | None = column("`torch.backends.cudnn.benchmark`", None)
     tf32_matmul: bool | None = column("TF32 allowed in matmul", None)
     tf32_cudnn: bool | None = column("TF32 allowed in cuDNN", None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -42,6 +43,10 @@ def test_one_actor_per_fake_gpu_all_busy_at_once(factory, tmp_path):
     assert summary.scheduling == "gpu" and summary.slots == FAKE_GPUS
     assert (subs["status"] == "ok").all() and len(subs) == 4
     assert set(subs["device_kind"]) == {"cpu"}  # fake GPUs: torch sees no CUDA, and the row says so
+    # Ray starts workers at niceness 15 unless RAY_worker_niceness says otherwise: beside any normal
+    # process the measuring actor would get a sliver of a core. esr-eval's Ray environment sets 0:
+    # the actors run at the priority of the process that started Ray.
+    assert set(subs["process_niceness"]) == {os.nice(0)}
     spans = {}
     for _, pid, stamp in (line.split() for line in log.read_text().splitlines()):
         lo, hi = spans.get(pid, (float(stamp), float(stamp)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -31,6 +33,7 @@ def test_bicubic_end_to_end(split):
     assert row.status == "ok", row.error
     assert row.params == 0 and row.num_conv == 0 and row.timing_protocol == FAST.protocol.protocol_id
     assert row.device_kind == "cpu" and row.torch_num_threads == torch.get_num_threads()
+    assert row.process_niceness == os.nice(0)
     (split_row,) = result.splits
     n = len(split.pairs)
     assert split_row.num_images == n and split_row.runtime_n == 2 * n and split_row.warmup_calls == n
