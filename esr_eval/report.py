@@ -218,7 +218,7 @@ def _tampered_timing(splits: pd.DataFrame | None) -> dict[str, list[str]]:
 
 def _flags_table(submissions: pd.DataFrame, splits: pd.DataFrame | None = None) -> _Table:
     """Submissions an organiser should look at: hygiene findings, timing overruled by the external
-    clock, FLOP-audit and counter flags, declared exceptions."""
+    clock, FLOP-audit and counter flags, declared exceptions, a timing taken below normal priority."""
     rows = []
     timing = _tampered_timing(splits)
     for _, sub in submissions.sort_values("submission_id").iterrows():
@@ -247,6 +247,10 @@ def _flags_table(submissions: pd.DataFrame, splits: pd.DataFrame | None = None) 
             findings.append("checkpoint fully unpickled (trusted_pickle declared)")
         if get("hygiene_cache_detail"):
             findings.append(str(get("hygiene_cache_detail")))
+        if get("process_niceness"):
+            findings.append(f"timed at niceness {int(get('process_niceness'))}, below normal priority: any other "
+                            "process on its node could take its core (start Ray with RAY_worker_niceness=0, as "
+                            "esr-eval's templates do, and measure it again)")
         if findings:
             rows.append((str(sub["submission_id"]), "; ".join(findings)))
     return _Table(("Submission", "Findings"), tuple(rows), ("",) * len(rows), frozenset({0, 1}))
@@ -593,8 +597,9 @@ def _sections(
     sections.append(_Section(
         "Flags for the organiser",
         "Hygiene findings, timing overruled by the evaluator's clock (its figure is the one ranked), complexity "
-        "that does not match what runs, and declared loading exceptions; the other flags do not change the ranking."
-        if flags.rows else "No hygiene finding, FLOP-audit flag or declared loading exception.",
+        "that does not match what runs, declared loading exceptions, and timings taken below normal priority; the "
+        "other flags do not change the ranking."
+        if flags.rows else "No hygiene finding, FLOP-audit flag, declared loading exception or low-priority timing.",
         flags if flags.rows else None))
     sections.append(_Section("Provenance", "", _provenance_table(dict(run_info), protocol, rankings)))
     return sections

@@ -142,7 +142,10 @@ def test_flags_for_the_organiser_are_listed(tmp_path):
                           hygiene_flags="input_mutated,data_range", strict=False),
             SubmissionRow(run_id="r", submission_id="team11_B", team_id="11", name="B", status="ok",
                           hygiene_flags="", flops_audit_flag=True, flops_audit_ratio=2.5),
-            SubmissionRow(run_id="r", submission_id="team12_C", team_id="12", name="C", status="ok", hygiene_flags=""),
+            SubmissionRow(run_id="r", submission_id="team12_C", team_id="12", name="C", status="ok", hygiene_flags="",
+                          process_niceness=0),
+            SubmissionRow(run_id="r", submission_id="team13_D", team_id="13", name="D", status="ok", hygiene_flags="",
+                          process_niceness=15),
             SubmissionRow(run_id="r", submission_id="team00_RLFN", team_id="00", name="RLFN", status="ok",
                           hygiene_flags="", params=317_218, flops_fvcore=19_674_859_520)]
     for row in rows:
@@ -152,6 +155,7 @@ def test_flags_for_the_organiser_are_listed(tmp_path):
     assert "input_mutated; data_range; loaded with strict=False" in section
     assert "FLOP audit: independent count / fvcore = 2.500" in section
     assert "team12_C" not in section.split("Provenance", 1)[0]
+    assert re.search(r"\| team13_D +\| timed at niceness 15, below normal priority", section)  # Ray's default
 
 
 def test_infinite_psnr_is_reported_not_a_crash(tmp_path):
