@@ -247,8 +247,9 @@ def _flags_table(submissions: pd.DataFrame, splits: pd.DataFrame | None = None) 
             findings.append("checkpoint fully unpickled (trusted_pickle declared)")
         if get("hygiene_cache_detail"):
             findings.append(str(get("hygiene_cache_detail")))
-        if get("process_niceness"):
-            findings.append(f"timed at niceness {int(get('process_niceness'))}, below normal priority: any other "
+        niceness = get("process_niceness")
+        if niceness is not None and niceness > 0:
+            findings.append(f"timed at niceness {int(niceness)}, below normal priority: any other "
                             "process on its node could take its core (start Ray with RAY_worker_niceness=0, as "
                             "esr-eval's templates do, and measure it again)")
         if findings:

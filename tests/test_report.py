@@ -146,6 +146,8 @@ def test_flags_for_the_organiser_are_listed(tmp_path):
                           process_niceness=0),
             SubmissionRow(run_id="r", submission_id="team13_D", team_id="13", name="D", status="ok", hygiene_flags="",
                           process_niceness=15),
+            SubmissionRow(run_id="r", submission_id="team14_E", team_id="14", name="E", status="ok", hygiene_flags="",
+                          process_niceness=-5),
             SubmissionRow(run_id="r", submission_id="team00_RLFN", team_id="00", name="RLFN", status="ok",
                           hygiene_flags="", params=317_218, flops_fvcore=19_674_859_520)]
     for row in rows:
@@ -155,6 +157,7 @@ def test_flags_for_the_organiser_are_listed(tmp_path):
     assert "input_mutated; data_range; loaded with strict=False" in section
     assert "FLOP audit: independent count / fvcore = 2.500" in section
     assert "team12_C" not in section.split("Provenance", 1)[0]
+    assert "team14_E" not in section.split("Provenance", 1)[0]  # above normal priority is not below it
     assert re.search(r"\| team13_D +\| timed at niceness 15, below normal priority", section)  # Ray's default
 
 
